@@ -1,0 +1,232 @@
+"""Calls to Poe bots: where the endpoints live, one pooled HTTP client, and retries decided in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import fastapi_poe as fp
+import httpx
+
+from chains.errors import PoeAuthError, PoeBotError, PoeError, PoeRateLimited, PoeTimeout
+from chains.secrets import redact
+from chains.streaming import in_background
+
+logger = logging.getLogger(__name__)
+
+POE_URL_ENV: Final = "MEMEBOT_POE_URL"
+_POE_BOT_URL: Final = "https://api.poe.com/bot/"
+_POE_API_ROOT: Final = "https://api.poe.com/"
+_POE_UPLOAD_URL: Final = "https://www.quora.com/poe_api/"
+
+
+@dataclass(frozen=True)
+class PoeEndpoints:
+    """Where every Poe endpoint the project calls lives (same paths as fastapi_poe uses)."""
+
+    bot_url: str = _POE_BOT_URL
+    api_root: str = _POE_API_ROOT
+    upload_url: str = _POE_UPLOAD_URL
+
+    @classmethod
+    def from_root(cls, root: str | None) -> PoeEndpoints:
+        """Endpoints under one root (a local Poe platform); Poe's own hosts when root is empty."""
+        if not root:
+            return cls()
+        root = root if root.endswith("/") else root + "/"
+        return cls(bot_url=f"{root}bot/", api_root=root, upload_url=f"{root}poe_api/")
+
+    @classmethod
+    def from_env(cls) -> PoeEndpoints:
+        """Endpoints as MEMEBOT_POE_URL says."""
+        return cls.from_root(os.environ.get(POE_URL_ENV, "").strip() or None)
+
+
+def _is_protocol_report(request: httpx.Request) -> bool:
+    # fastapi_poe posts error reports to the same URL; their answers must never fail a query.
+    return b'"type": "report_' in request.content[:80]
+
+
+async def _raise_for_status(response: httpx.Response) -> None:
+    # Poe answers auth and routing failures with a status code before any SSE; make that visible as such
+    # instead of httpx_sse's "expected text/event-stream".
+    if response.status_code >= 400 and not _is_protocol_report(response.request):
+        response.raise_for_status()
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+_clients = weakref.WeakKeyDictionary()
+
+
+def shared_http_client() -> httpx.AsyncClient:
+    """The pooled client for this event loop (building one costs ~23 ms of CPU, so never per call)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(120.0, connect=10.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            event_hooks={"response": [_raise_for_status]},
+        )
+        _clients[loop] = client
+    return client
+
+
+async def close_shared_http_client() -> None:
+    """Close this loop's pooled client (server shutdown)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def _quiet_error_handler(error: Exception, message: str) -> None:
+    # fastapi_poe prints every failed try; we log once, at the boundary, without secrets.
+    logger.debug("poe client: %s (%s)", message, type(error).__name__)
+
+
+def _bot_error_text(error: fp.BotError) -> str:
+    raw = str(error)
+    with contextlib.suppress(ValueError):
+        data = json.loads(raw)
+        if isinstance(data, dict) and isinstance(data.get("text"), str):
+            return str(data["text"])
+    return raw
+
+
+def translate_error(error: BaseException, bot_name: str, secrets: tuple[str, ...] = ()) -> PoeError:
+    """Map what fastapi_poe and httpx raise to our own error types."""
+    if isinstance(error, PoeError):
+        return error
+    cause = error.__cause__ if isinstance(error, fp.BotError) and error.__cause__ else error
+    if isinstance(cause, httpx.HTTPStatusError):
+        status = cause.response.status_code
+        if status in (401, 403):
+            return PoeAuthError(f"Poe refused the key for bot {bot_name} ({status})", bot_name=bot_name)
+        if status == 429:
+            return PoeRateLimited(f"Poe bot {bot_name} is rate limited", bot_name=bot_name)
+        if status == 404:
+            return PoeBotError(f"Poe has no bot named {bot_name}", bot_name=bot_name, retryable=False)
+        return PoeBotError(f"Poe bot {bot_name} failed with HTTP {status}", bot_name=bot_name, retryable=status >= 500)
+    if isinstance(cause, httpx.TimeoutException | TimeoutError):
+        return PoeTimeout(f"Poe bot {bot_name} did not answer in time", bot_name=bot_name)
+    if isinstance(cause, httpx.TransportError):
+        return PoeBotError(f"the connection to Poe bot {bot_name} broke ({type(cause).__name__})", bot_name=bot_name)
+    if isinstance(error, fp.BotError):
+        text = redact(_bot_error_text(error), secrets)[:300]
+        if "rate limit" in text.lower():
+            return PoeRateLimited(f"Poe bot {bot_name} is rate limited: {text}", bot_name=bot_name)
+        return PoeBotError(
+            f"Poe bot {bot_name} answered with an error: {text}",
+            bot_name=bot_name,
+            retryable=not isinstance(error, fp.BotErrorNoRetry),
+        )
+    return PoeBotError(
+        f"calling Poe bot {bot_name} failed ({type(error).__name__})", bot_name=bot_name, retryable=False
+    )
+
+
+def backoff_delay(attempt: int, error: PoeError) -> float:
+    """Seconds to wait before retry number `attempt` (0-based); rate limits wait longer."""
+    base = 1.0 if isinstance(error, PoeRateLimited) else 0.25
+    return float(min(base * 2**attempt, 8.0)) * (0.75 + random.random() / 2)
+
+
+async def _stream_once(
+    request: fp.QueryRequest,
+    bot_name: str,
+    api_key: str,
+    *,
+    deadline: float,
+    endpoints: PoeEndpoints,
+) -> AsyncIterator[fp.PartialResponse]:
+    source = fp.stream_request(
+        request,
+        bot_name,
+        api_key,
+        session=shared_http_client(),
+        num_tries=1,
+        on_error=_quiet_error_handler,
+        base_url=endpoints.bot_url,
+    )
+    async for item in in_background(source, deadline=deadline, name=f"poe:{bot_name}"):
+        assert isinstance(item, fp.PartialResponse)
+        yield item
+
+
+async def stream_bot(
+    request: fp.QueryRequest,
+    bot_name: str,
+    api_key: str,
+    *,
+    max_retries: int = 2,
+    timeout: float | None = None,
+    endpoints: PoeEndpoints | None = None,
+    retry_after_output: bool = False,
+) -> AsyncIterator[fp.PartialResponse]:
+    """Stream a Poe bot's answer, retrying with backoff while no content has been yielded yet.
+
+    `retry_after_output` allows retries after content too, for callers that only keep the final result (an
+    image bot's picture) and would not show text twice. The whole call, retries included, stays within
+    `timeout` seconds. Failures surface as `PoeError`s.
+    """
+    endpoints = endpoints or PoeEndpoints.from_env()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (timeout if timeout is not None else 600.0)
+    secrets = (api_key, request.access_key, request.api_key)
+    attempt = 0
+    while True:
+        emitted = False
+        try:
+            async for message in _stream_once(request, bot_name, api_key, deadline=deadline, endpoints=endpoints):
+                emitted = emitted or not isinstance(message, fp.MetaResponse)
+                yield message
+            return
+        except Exception as raw:
+            error = translate_error(raw, bot_name, secrets)
+            delay = backoff_delay(attempt, error)
+            out_of_tries = attempt >= max_retries or loop.time() + delay >= deadline
+            if (emitted and not retry_after_output) or not error.retryable or out_of_tries:
+                logger.info("poe bot %s failed after %d tries: %s", bot_name, attempt + 1, error)
+                raise error from None
+            logger.info("poe bot %s failed (%s); retrying in %.2fs", bot_name, type(error).__name__, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+async def upload_attachment(
+    *,
+    api_key: str,
+    filename: str,
+    file_data: bytes | None = None,
+    file_url: str | None = None,
+    endpoints: PoeEndpoints | None = None,
+    timeout: float = 30.0,
+) -> fp.Attachment:
+    """Upload bytes (or have Poe fetch a URL) as an attachment, through the pooled client.
+
+    fastapi_poe's own `upload_file` builds a client per call, or closes the one it is given.
+    """
+    endpoints = endpoints or PoeEndpoints.from_env()
+    url = endpoints.upload_url.rstrip("/") + "/file_upload_3RD_PARTY_POST"
+    headers = {"Authorization": api_key}
+    try:
+        if file_data is not None:
+            files = {"file": (filename, file_data)}
+            response = await shared_http_client().post(url, files=files, headers=headers, timeout=timeout)
+        elif file_url is not None:
+            form = {"download_url": file_url, "download_filename": filename}
+            response = await shared_http_client().post(url, data=form, headers=headers, timeout=timeout)
+        else:
+            raise ValueError("upload_attachment needs file_data or file_url")
+        body = response.json()
+        return fp.Attachment(url=body["attachment_url"], content_type=body["mime_type"], name=filename)
+    except (httpx.HTTPError, KeyError, ValueError, TypeError) as error:
+        raise translate_error(error, "Poe file upload", (api_key,)) from None

@@ -1,0 +1,64 @@
+"""Consuming an async stream from its own task: deadlines, heartbeats and clean cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+
+class Tick:
+    """Yielded by `in_background` when `tick_s` passed with no item from the source."""
+
+
+TICK: Final = Tick()
+_END: Final = object()
+
+
+async def _pump(source: AsyncIterable[T], queue: asyncio.Queue[object]) -> None:
+    try:
+        async for item in source:
+            await queue.put(item)
+        await queue.put(_END)
+    except Exception as error:
+        await queue.put(error)
+
+
+async def in_background(
+    source: AsyncIterable[T], *, tick_s: float | None = None, deadline: float | None = None, name: str = "stream"
+) -> AsyncIterator[T | Tick]:
+    """Items of `source`, produced in a task of their own.
+
+    Whatever the source is stuck in, a passed `deadline` (loop time; raises TimeoutError) or a consumer that
+    stops iterating cancels it cleanly. With `tick_s`, a `TICK` is yielded whenever that long passes quietly.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    task = asyncio.create_task(_pump(source, queue), name=name)
+    try:
+        while True:
+            wait = tick_s
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError
+                wait = remaining if wait is None else min(wait, remaining)
+            try:
+                item = await asyncio.wait_for(queue.get(), wait)
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+                yield TICK
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

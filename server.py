@@ -1,0 +1,233 @@
+"""MemeBot: a Poe server bot that turns any topic into a meme. `uvicorn server:app` serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TypeAlias
+
+import fastapi_poe as fp
+from fastapi import FastAPI
+from langchain_core.exceptions import OutputParserException
+from langchain_core.runnables import RunnableConfig
+
+from bot.config import BotConfig, ConfigError
+from bot.conversation import MemeAsk, read_ask
+from bot.replies import SUGGESTED_REPLIES, WRITING, drawing_status, explain, final_text, progress_text
+from chains.chat_poe import POE_REQUEST_KEY
+from chains.meme import Meme, MemeProgress, build_meme_chain
+from chains.poe_client import PoeEndpoints, close_shared_http_client, upload_attachment
+from chains.secrets import install_log_redaction
+from chains.streaming import TICK, in_background
+
+logger = logging.getLogger("memebot")
+Reply: TypeAlias = fp.PartialResponse | fp.DataResponse
+
+INTRODUCTION = (
+    "Send me any topic — *Monday mornings*, *my cat vs. the keyboard*, *周一早上* — and I'll write a meme "
+    "quote and draw the picture for it.\n\nThen ask for *another one*, *make it darker*, *in Chinese* or "
+    "*different art style*."
+)
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass
+class MemeBot(fp.PoeBot):
+    """Poe request -> meme chain -> Poe events."""
+
+    config: BotConfig = field(default_factory=BotConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.endpoints = PoeEndpoints.from_root(self.config.poe_url)
+        self.chain = build_meme_chain(
+            text_bot=self.config.text_bot,
+            image_bot=self.config.image_bot,
+            fallback_image_bot=self.config.fallback_image_bot,
+            caption=self.config.caption_overlay,
+            text_timeout_s=self.config.text_timeout_s,
+            image_timeout_s=self.config.image_timeout_s,
+            max_retries=self.config.max_retries,
+            poe_url=self.config.poe_url,
+        )
+
+    def server_bot_dependencies(self) -> dict[str, int]:
+        """The most calls one message can make to each bot: retries, one re-ask and the fallback included."""
+        tries = self.config.max_retries + 1
+        dependencies = {self.config.text_bot: 2 * tries}
+        image_bots = [self.config.image_bot, self.config.fallback_image_bot]
+        for bot in filter(None, image_bots):
+            dependencies[bot] = dependencies.get(bot, 0) + 2 * tries
+        return dependencies
+
+    async def get_settings(self, setting: fp.SettingsRequest) -> fp.SettingsResponse:
+        return fp.SettingsResponse(
+            server_bot_dependencies=self.server_bot_dependencies(),
+            introduction_message=INTRODUCTION,
+            allow_attachments=False,
+        )
+
+    async def get_response(self, request: fp.QueryRequest) -> AsyncIterable[Reply]:
+        yield fp.PartialResponse(text=WRITING, is_replace_response=True)
+        ask = read_ask(request)
+        if not ask.topic:
+            yield fp.ErrorResponse(
+                text="Send me a topic to make a meme about, e.g. “Monday mornings”.",
+                allow_retry=False,
+                error_type="user_caused_error",
+            )
+            return
+        if ask.too_long_by:
+            yield fp.ErrorResponse(
+                text=f"That topic is {len(ask.topic):,} characters long; please send at most "
+                f"{len(ask.topic) - ask.too_long_by:,} characters.",
+                allow_retry=False,
+                error_type="user_message_too_long",
+            )
+            return
+        config = self._run_config(request, ask)
+        for attempt in range(2):
+            try:
+                async for event in self._make_meme(request, ask, config):
+                    yield event
+                return
+            except OutputParserException:
+                if attempt == 0:
+                    logger.info("draft unparseable; asking the writer once more")
+                    yield fp.PartialResponse(text=progress_text(None, "✍️ Rewriting…"), is_replace_response=True)
+                    continue
+                yield self._error(OutputParserException("unparseable twice"))
+            except Exception as error:
+                yield self._error(error)
+                return
+
+    def _run_config(self, request: fp.QueryRequest, ask: MemeAsk) -> RunnableConfig:
+        return {
+            "run_name": "MemeBot",
+            "configurable": {POE_REQUEST_KEY: request},
+            "metadata": {
+                "conversation_id": request.conversation_id,
+                "message_id": request.message_id,
+                "text_bot": self.config.text_bot,
+                "image_bot": self.config.image_bot,
+                "follow_up": ask.follow_up.kind if ask.follow_up else "",
+            },
+        }
+
+    def _error(self, error: BaseException) -> fp.ErrorResponse:
+        text, allow_retry = explain(error)
+        logger.warning("meme failed: %s: %s", type(error).__name__, error)
+        return fp.ErrorResponse(text=text, allow_retry=allow_retry)
+
+    async def _make_meme(self, request: fp.QueryRequest, ask: MemeAsk, config: RunnableConfig) -> AsyncIterator[Reply]:
+        loop = asyncio.get_running_loop()
+        drawing_since: float | None = None
+        shown = ""
+        quote: str | None = None
+        stream = self.chain.astream(ask.chain_input(), config)
+        async for item in in_background(stream, tick_s=PROGRESS_EVERY_S, name="meme"):
+            if isinstance(item, MemeProgress):
+                quote = item.draft.quote
+                if item.drawing and drawing_since is None:
+                    drawing_since = loop.time()
+            elif isinstance(item, Meme):
+                async for event in self._deliver(request, ask, item):
+                    yield event
+                return
+            elif item is not TICK:
+                continue
+            status = (
+                WRITING if drawing_since is None else drawing_status(self.config.image_bot, loop.time() - drawing_since)
+            )
+            text = progress_text(quote, status)
+            if text != shown:
+                shown = text
+                yield fp.PartialResponse(text=text, is_replace_response=True)
+        raise RuntimeError("the meme chain ended without a meme")
+
+    async def _deliver(self, request: fp.QueryRequest, ask: MemeAsk, meme: Meme) -> AsyncIterator[Reply]:
+        start = time.perf_counter()
+        if meme.picture is not None:
+            upload = await self.post_message_attachment(
+                message_id=request.message_id,
+                file_data=meme.picture,
+                filename=meme.picture_name or "meme.jpg",
+                is_inline=True,
+                base_url=self.endpoints.upload_url,
+            )
+        else:
+            upload = await self.post_message_attachment(
+                message_id=request.message_id,
+                download_url=meme.image.url,
+                download_filename=meme.image.name,
+                is_inline=True,
+                base_url=self.endpoints.upload_url,
+            )
+        logger.debug("uploaded in %.3fs", time.perf_counter() - start)
+        yield fp.PartialResponse(
+            text=final_text(meme.quote, upload.inline_ref, meme.image_prompt), is_replace_response=True
+        )
+        yield fp.DataResponse(metadata=ask.remember(meme.draft, meme.image.url))
+        for suggestion in SUGGESTED_REPLIES:
+            yield fp.PartialResponse(text=suggestion, is_suggested_reply=True)
+
+    async def _upload_file(
+        self,
+        *,
+        file: bytes | BinaryIO | None,
+        file_url: str | None,
+        file_name: str | None,
+        api_key: str,
+        base_url: str,
+    ) -> fp.Attachment:
+        # fastapi_poe builds a fresh HTTP client (and TLS context) per upload; reuse the pooled one.
+        data = file.read() if file is not None and not isinstance(file, bytes) else file
+        return await upload_attachment(
+            api_key=api_key,
+            filename=file_name or "meme.jpg",
+            file_data=data,
+            file_url=file_url,
+            endpoints=PoeEndpoints(upload_url=base_url),
+        )
+
+
+def _sync_settings(bot: MemeBot, bot_name: str, access_key: str) -> None:
+    settings = asyncio.run(bot.get_settings(fp.SettingsRequest(version=fp.client.PROTOCOL_VERSION, type="settings")))
+    try:
+        fp.sync_bot_settings(bot_name, access_key, settings=settings.model_dump(), base_url=bot.endpoints.bot_url)
+        logger.info("settings synced to Poe for %s", bot_name)
+    except Exception as error:
+        logger.error("could not sync settings for %s: %s", bot_name, type(error).__name__)
+
+
+def create_app(config: BotConfig | None = None) -> FastAPI:
+    """The bot's ASGI app; raises ConfigError when the access key is missing or malformed."""
+    config = config or BotConfig()
+    access_key = config.checked_access_key()
+    install_log_redaction(extra=(access_key,))
+    bot = MemeBot(access_key=access_key, config=config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.bot_name:
+            await asyncio.to_thread(_sync_settings, bot, config.bot_name, access_key)
+        yield
+        await close_shared_http_client()
+
+    return fp.make_app(bot, app=FastAPI(title="Meme Creator", lifespan=lifespan))
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn server:app` builds the app on first access, so importing this module needs no key.
+    if name == "app":
+        try:
+            application = create_app()
+        except ConfigError as error:
+            raise SystemExit(f"memebot: {error}") from None
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
