@@ -72,7 +72,9 @@ class MemeBot(fp.PoeBot):
         )
 
     async def get_response(self, request: fp.QueryRequest) -> AsyncIterable[Reply]:
-        yield fp.PartialResponse(text=WRITING, is_replace_response=True)
+        # Poe wants a first event within 5 s; ours goes out before any work.
+        yield fp.MetaResponse(text="", content_type="text/markdown", linkify=False, suggested_replies=False)
+        yield fp.PartialResponse(text=progress_text(None, WRITING), is_replace_response=True)
         ask = read_ask(request)
         if not ask.topic:
             yield fp.ErrorResponse(
@@ -126,7 +128,7 @@ class MemeBot(fp.PoeBot):
     async def _make_meme(self, request: fp.QueryRequest, ask: MemeAsk, config: RunnableConfig) -> AsyncIterator[Reply]:
         loop = asyncio.get_running_loop()
         drawing_since: float | None = None
-        shown = ""
+        shown = progress_text(None, WRITING)  # already on screen
         quote: str | None = None
         stream = self.chain.astream(ask.chain_input(), config)
         async for item in in_background(stream, tick_s=PROGRESS_EVERY_S, name="meme"):

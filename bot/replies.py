@@ -21,7 +21,7 @@ def progress_text(quote: str | None, status: str) -> str:
 
 
 def drawing_status(image_bot: str, seconds: float) -> str:
-    return f"🎨 Drawing with {plain(image_bot)}… {int(seconds)}s"
+    return f"🎨 Drawing with {image_bot}… {int(seconds)}s"
 
 
 def final_text(quote: str, image_ref: str | None, alt: str) -> str:
@@ -34,7 +34,7 @@ def final_text(quote: str, image_ref: str | None, alt: str) -> str:
 
 def explain(error: BaseException) -> tuple[str, bool]:
     """A failure in words a person understands, and whether retrying may help."""
-    bot = plain(getattr(error, "bot_name", "") or "the bot")
+    bot = getattr(error, "bot_name", "") or "the bot"
     if isinstance(error, PoeRateLimited):
         return f"{bot} is getting too many requests right now. Please try again in a minute.", True
     if isinstance(error, PoeTimeout):

@@ -6,7 +6,7 @@ import json
 import re
 import unicodedata
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 from langchain_core.prompts import ChatPromptTemplate
@@ -16,9 +16,13 @@ MAX_TOPIC_CHARS: Final = 2000
 _DELIMITER_TAGS = re.compile(r"</?\s*(topic|language|instruction|previous_draft)\s*>", re.IGNORECASE)
 
 
+PROMPTS_DIR: Final = Path(__file__).resolve().parent.parent / "prompts"
+"""prompts/ beside chains/, in the checkout and in the Modal image alike."""
+
+
 def prompt_text(name: str) -> str:
-    """One text file from the prompts package."""
-    return resources.files("prompts").joinpath(name).read_text(encoding="utf-8")
+    """One text file from prompts/."""
+    return (PROMPTS_DIR / name).read_text(encoding="utf-8")
 
 
 @cache
