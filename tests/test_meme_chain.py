@@ -60,7 +60,7 @@ async def test_text_and_image_bots_swap_by_name(local_poe: LocalPoeServer) -> No
     meme = await chain.ainvoke(TOPIC)
     assert isinstance(meme, Meme) and meme.image.bot_name == "DALL-E-3"
     bots = local_poe.platform.stats()["bots"]
-    assert bots["Claude-3.5-Sonnet"]["completed"] == 1 and bots["DALL-E-3"]["completed"] == 1
+    assert bots["Claude-3.5-Sonnet"]["started"] == 1 and bots["DALL-E-3"]["started"] == 1
     assert "GPT-4o-Mini" not in bots and "FLUX-schnell" not in bots
     drawn = local_poe.platform.requests("DALL-E-3")[-1]["request"]["query"][-1]
     assert drawn["content"].endswith("--aspect 16:9") and drawn["parameters"] == {"aspect_ratio": "16:9"}
