@@ -19,6 +19,7 @@ from rich.text import Text
 from bot.config import BotConfig
 from bot.language import detect_language
 from bot.replies import explain
+from chains.caption import OutputFormat
 from chains.meme import Meme, MemeProgress, MemeStep, build_meme_chain
 
 app = typer.Typer(
@@ -27,7 +28,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+_FORMATS: dict[str, OutputFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from langchain_core.runnables import (
 from langchain_core.runnables.config import patch_config
 from pydantic import BaseModel, ConfigDict, Field
 
+from chains.caption import OutputFormat, render_meme
 from chains.chat_poe import DEFAULT_TEXT_BOT, ChatPoe
 from chains.draft import MemeDraft, MemeDraftParser, PartialMemeDraft
 from chains.image_poe import DEFAULT_IMAGE_BOT, GeneratedImage, PoeImageGenerator
@@ -165,15 +166,13 @@ class CaptionOverlay(RunnableSerializable[MemeStep, MemeStep]):
     """Draws the quote onto the finished picture (off the event loop); passes progress through untouched."""
 
     enabled: bool = True
-    output_format: str = "jpeg"
+    output_format: OutputFormat = "jpeg"
     name: str | None = "CaptionOverlay"
 
     async def _caption(self, meme: Meme) -> Meme:
         if not self.enabled:
             return meme
         start = time.perf_counter()
-        from chains.caption import render_meme  # TEMP until caption lands
-
         data = await meme.image.aread()
         rendered = await asyncio.to_thread(render_meme, data, meme.draft.quote, output_format=self.output_format)
         timings = {**meme.timings, "caption_s": time.perf_counter() - start}
@@ -222,7 +221,7 @@ def build_meme_chain(
     image_bot: str = DEFAULT_IMAGE_BOT,
     fallback_image_bot: str | None = None,
     caption: bool = True,
-    caption_format: str = "jpeg",
+    caption_format: OutputFormat = "jpeg",
     prompt_variant: str = "v1",
     text_timeout_s: float = 60.0,
     image_timeout_s: float = 90.0,

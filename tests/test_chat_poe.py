@@ -148,8 +148,8 @@ async def test_callbacks_see_every_token(local_poe: LocalPoeServer) -> None:
         def __init__(self) -> None:
             self.tokens: list[str] = []
 
-        async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-            self.tokens.append(token)
+        async def on_llm_new_token(self, token: str | list[str | dict[str, Any]], **kwargs: Any) -> None:
+            self.tokens.append(str(token))
 
     handler = Tokens()
     message = await chat(local_poe).ainvoke(MEME_PROMPT, {"callbacks": [handler]})

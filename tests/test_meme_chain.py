@@ -23,8 +23,8 @@ def meme_chain(server: LocalPoeServer, **kwargs: Any) -> Runnable[Any, MemeStep]
     return build_meme_chain(**options)
 
 
-async def collect(chain: Runnable[Any, MemeStep], request: Any = TOPIC, **config: Any) -> list[MemeStep]:
-    return [step async for step in chain.astream(request, config or None)]
+async def collect(chain: Runnable[Any, MemeStep], request: Any = TOPIC) -> list[MemeStep]:
+    return [step async for step in chain.astream(request)]
 
 
 async def test_image_bot_starts_before_the_quote_has_finished_streaming(local_poe: LocalPoeServer) -> None:

@@ -26,7 +26,8 @@ async def test_a_meme_arrives_as_poe_would_show_it(bot_url: str, access_key: str
     [attachment] = reply.attachments
     assert attachment.inline_ref and f"][{attachment.inline_ref}]" in reply.text
     assert attachment.url.startswith(local_poe.url)  # uploaded by the bot, through the platform
-    picture = httpx.get(attachment.url).content
+    async with httpx.AsyncClient() as client:
+        picture = (await client.get(attachment.url)).content
     assert Image.open(io.BytesIO(picture)).size[0] >= 256
     assert reply.suggested_replies and "Another one" in reply.suggested_replies
     assert reply.metadata and '"quote"' in reply.metadata
@@ -50,7 +51,7 @@ async def test_the_first_event_is_immediate_and_progress_replaces_itself(
     assert "Drawing" not in final and "Writing" not in final
 
 
-async def test_settings_declare_dependencies_with_retries_and_fallback(bot_url: str, access_key: str) -> None:
+def test_settings_declare_dependencies_with_retries_and_fallback(bot_url: str, access_key: str) -> None:
     response = httpx.post(
         bot_url,
         json={"version": fp.client.PROTOCOL_VERSION, "type": "settings"},
@@ -78,7 +79,9 @@ async def test_empty_topic_gets_a_clear_message(bot_url: str, access_key: str, l
 async def test_upstream_failure_is_a_readable_retryable_error(
     bot_url: str, access_key: str, local_poe: LocalPoeServer
 ) -> None:
-    local_poe.platform.set_knobs(KnobSet(bots={"GPT-4o-Mini": BotKnobs(fault_rate=1.0, fault_kinds=[FaultKind.RATE_LIMIT])}))
+    local_poe.platform.set_knobs(
+        KnobSet(bots={"GPT-4o-Mini": BotKnobs(fault_rate=1.0, fault_kinds=[FaultKind.RATE_LIMIT])})
+    )
     reply = await PoeConversation(bot_url, access_key).send("Monday mornings")
     assert reply.error is not None and reply.error["allow_retry"] is True
     assert "GPT-4o-Mini" in reply.error["text"] and "try again" in reply.error["text"]
