@@ -16,6 +16,7 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.runnables import RunnableConfig
 
 from bot.config import BotConfig, ConfigError
+from bot.controls import IMAGE_BOTS, TEXT_BOTS, Choices, parameter_controls, read_choices
 from bot.conversation import MemeAsk, read_ask
 from bot.replies import SUGGESTED_REPLIES, WRITING, drawing_status, explain, final_text, progress_text
 from chains.chat_poe import POE_REQUEST_KEY
@@ -56,12 +57,19 @@ class MemeBot(fp.PoeBot):
         )
 
     def server_bot_dependencies(self) -> dict[str, int]:
-        """The most calls one message can make to each bot: retries, one re-ask and the fallback included."""
-        tries = self.config.max_retries + 1
-        dependencies = {self.config.text_bot: 2 * tries}
-        image_bots = [self.config.image_bot, self.config.fallback_image_bot]
-        for bot in filter(None, image_bots):
-            dependencies[bot] = dependencies.get(bot, 0) + 2 * tries
+        """The most calls one message can make to each bot a user can pick: retries and one re-ask included.
+
+        A text bot is asked at most twice (the draft, one re-ask), each time with its retries; the chosen image
+        bot and the fallback are each tried with their retries in both rounds.
+        """
+        calls = 2 * (self.config.max_retries + 1)
+        text_bots = dict.fromkeys((self.config.text_bot, *TEXT_BOTS), calls)
+        image_bots = dict.fromkeys((self.config.image_bot, *IMAGE_BOTS), calls)
+        if fallback := self.config.fallback_image_bot:
+            image_bots[fallback] = image_bots.get(fallback, 0) + calls
+        dependencies = dict(text_bots)
+        for bot, count in image_bots.items():
+            dependencies[bot] = dependencies.get(bot, 0) + count
         return dependencies
 
     async def get_settings(self, setting: fp.SettingsRequest) -> fp.SettingsResponse:
@@ -69,6 +77,9 @@ class MemeBot(fp.PoeBot):
             server_bot_dependencies=self.server_bot_dependencies(),
             introduction_message=INTRODUCTION,
             allow_attachments=False,
+            parameter_controls=parameter_controls(
+                text_bot=self.config.text_bot, image_bot=self.config.image_bot, caption=self.config.caption_overlay
+            ),
         )
 
     async def get_response(self, request: fp.QueryRequest) -> AsyncIterable[Reply]:
@@ -91,10 +102,16 @@ class MemeBot(fp.PoeBot):
                 error_type="user_message_too_long",
             )
             return
-        config = self._run_config(request, ask)
+        choices = read_choices(
+            request.query[-1] if request.query else None,
+            text_bot=self.config.text_bot,
+            image_bot=self.config.image_bot,
+            caption=self.config.caption_overlay,
+        )
+        config = self._run_config(request, ask, choices)
         for attempt in range(2):
             try:
-                async for event in self._make_meme(request, ask, config):
+                async for event in self._make_meme(request, ask, choices, config):
                     yield event
                 return
             except OutputParserException:
@@ -107,15 +124,15 @@ class MemeBot(fp.PoeBot):
                 yield self._error(error)
                 return
 
-    def _run_config(self, request: fp.QueryRequest, ask: MemeAsk) -> RunnableConfig:
+    def _run_config(self, request: fp.QueryRequest, ask: MemeAsk, choices: Choices) -> RunnableConfig:
         return {
             "run_name": "MemeBot",
-            "configurable": {POE_REQUEST_KEY: request},
+            "configurable": {POE_REQUEST_KEY: request, **choices.configurable()},
             "metadata": {
                 "conversation_id": request.conversation_id,
                 "message_id": request.message_id,
-                "text_bot": self.config.text_bot,
-                "image_bot": self.config.image_bot,
+                "text_bot": choices.text_bot,
+                "image_bot": choices.image_bot,
                 "follow_up": ask.follow_up.kind if ask.follow_up else "",
             },
         }
@@ -125,12 +142,14 @@ class MemeBot(fp.PoeBot):
         logger.warning("meme failed: %s: %s", type(error).__name__, error)
         return fp.ErrorResponse(text=text, allow_retry=allow_retry)
 
-    async def _make_meme(self, request: fp.QueryRequest, ask: MemeAsk, config: RunnableConfig) -> AsyncIterator[Reply]:
+    async def _make_meme(
+        self, request: fp.QueryRequest, ask: MemeAsk, choices: Choices, config: RunnableConfig
+    ) -> AsyncIterator[Reply]:
         loop = asyncio.get_running_loop()
         drawing_since: float | None = None
         shown = progress_text(None, WRITING)  # already on screen
         quote: str | None = None
-        stream = self.chain.astream(ask.chain_input(), config)
+        stream = self.chain.astream({**ask.chain_input(), "style": choices.style}, config)
         async for item in in_background(stream, tick_s=PROGRESS_EVERY_S, name="meme"):
             if isinstance(item, MemeProgress):
                 quote = item.draft.quote
@@ -143,7 +162,7 @@ class MemeBot(fp.PoeBot):
             elif item is not TICK:
                 continue
             status = (
-                WRITING if drawing_since is None else drawing_status(self.config.image_bot, loop.time() - drawing_since)
+                WRITING if drawing_since is None else drawing_status(choices.image_bot, loop.time() - drawing_since)
             )
             text = progress_text(quote, status)
             if text != shown:

@@ -38,16 +38,14 @@ def meme_prompt(variant: str = "v1", format_instructions: str = "") -> ChatPromp
 
 def clean_user_text(text: str, limit: int = MAX_TOPIC_CHARS) -> str:
     """User text made safe to place inside the prompt's delimiters: no control or bidi characters, no tags."""
-    kept = "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else " " for ch in text
-    )
+    kept = "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else " " for ch in text)
     kept = _DELIMITER_TAGS.sub(" ", kept)
     kept = re.sub(r"[ \t]+", " ", kept).strip()
     return kept[:limit].rstrip()
 
 
 def prompt_inputs(request: dict[str, Any] | str) -> dict[str, str]:
-    """The prompt's variables from a meme request: a topic, or a dict with topic, language and refinement."""
+    """The prompt's variables from a meme request: a topic, or a dict with topic, language, style, refinement."""
     if isinstance(request, str):
         request = {"topic": request}
     topic = clean_user_text(str(request.get("topic", "")))
@@ -61,7 +59,13 @@ def prompt_inputs(request: dict[str, Any] | str) -> dict[str, str]:
             previous_draft=previous if isinstance(previous, str) else _json(previous),
             instruction=clean_user_text(str(instruction), 500),
         )
-    return {"topic": topic, "language": str(request.get("language") or "en"), "refinement": refinement}
+    style = clean_user_text(str(request.get("style") or ""), 60)
+    return {
+        "topic": topic,
+        "language": str(request.get("language") or "en"),
+        "style": prompt_text("meme_style.txt").rstrip("\n").format(style=style) if style else "",
+        "refinement": refinement,
+    }
 
 
 def _json(value: Any) -> str:

@@ -58,7 +58,9 @@ def test_settings_declare_dependencies_with_retries_and_fallback(bot_url: str, a
         headers={"Authorization": f"Bearer {access_key}"},
     )
     settings = fp.SettingsResponse.model_validate(response.json())
-    assert settings.server_bot_dependencies == {"GPT-4o-Mini": 6, "FLUX-schnell": 6, "Imagen-3": 6}
+    dependencies = settings.server_bot_dependencies
+    assert dependencies["GPT-4o-Mini"] == 6 and dependencies["FLUX-schnell"] == 6
+    assert dependencies["Imagen-3"] == 12  # a pickable image bot and the fallback: both rounds of both roles
     assert settings.introduction_message and "topic" in settings.introduction_message
 
 
