@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, TypeAlias
 
 import fastapi_poe as fp
@@ -16,11 +16,12 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.runnables import RunnableConfig
 
 from bot.config import BotConfig, ConfigError
-from bot.controls import IMAGE_BOTS, TEXT_BOTS, Choices, parameter_controls, read_choices
+from bot.controls import IMAGE_BOTS, TEXT_BOTS, VISION_BOTS, Choices, parameter_controls, read_choices
 from bot.conversation import MemeAsk, read_ask
 from bot.replies import SUGGESTED_REPLIES, WRITING, drawing_status, explain, final_text, progress_text
 from chains.chat_poe import POE_REQUEST_KEY
 from chains.meme import Meme, MemeProgress, build_meme_chain
+from chains.photo import build_photo_chain
 from chains.poe_client import PoeEndpoints, close_shared_http_client, upload_attachment
 from chains.secrets import install_log_redaction
 from chains.streaming import TICK, in_background
@@ -45,6 +46,13 @@ class MemeBot(fp.PoeBot):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.endpoints = PoeEndpoints.from_root(self.config.poe_url)
+        self.photo_chain = build_photo_chain(
+            text_bot=self.config.vision_bot,
+            caption=self.config.caption_overlay,
+            text_timeout_s=self.config.text_timeout_s,
+            max_retries=self.config.max_retries,
+            poe_url=self.config.poe_url,
+        )
         self.chain = build_meme_chain(
             text_bot=self.config.text_bot,
             image_bot=self.config.image_bot,
@@ -63,7 +71,7 @@ class MemeBot(fp.PoeBot):
         bot and the fallback are each tried with their retries in both rounds.
         """
         calls = 2 * (self.config.max_retries + 1)
-        text_bots = dict.fromkeys((self.config.text_bot, *TEXT_BOTS), calls)
+        text_bots = dict.fromkeys((self.config.text_bot, self.config.vision_bot, *TEXT_BOTS), calls)
         image_bots = dict.fromkeys((self.config.image_bot, *IMAGE_BOTS), calls)
         if fallback := self.config.fallback_image_bot:
             image_bots[fallback] = image_bots.get(fallback, 0) + calls
@@ -76,7 +84,7 @@ class MemeBot(fp.PoeBot):
         return fp.SettingsResponse(
             server_bot_dependencies=self.server_bot_dependencies(),
             introduction_message=INTRODUCTION,
-            allow_attachments=False,
+            allow_attachments=True,  # photos become memes of themselves
             parameter_controls=parameter_controls(
                 text_bot=self.config.text_bot, image_bot=self.config.image_bot, caption=self.config.caption_overlay
             ),
@@ -87,7 +95,15 @@ class MemeBot(fp.PoeBot):
         yield fp.MetaResponse(text="", content_type="text/markdown", linkify=False, suggested_replies=False)
         yield fp.PartialResponse(text=progress_text(None, WRITING), is_replace_response=True)
         ask = read_ask(request)
-        if not ask.topic:
+        if ask.unusable_attachment is not None:
+            yield fp.ErrorResponse(
+                text=f"I can make memes from photos (JPEG, PNG, WebP or GIF), not from {ask.unusable_attachment} "
+                "files. Send a photo, or just type a topic.",
+                allow_retry=False,
+                error_type="user_caused_error",
+            )
+            return
+        if not ask.topic and ask.photo is None:
             yield fp.ErrorResponse(
                 text="Send me a topic to make a meme about, e.g. “Monday mornings”.",
                 allow_retry=False,
@@ -108,6 +124,8 @@ class MemeBot(fp.PoeBot):
             image_bot=self.config.image_bot,
             caption=self.config.caption_overlay,
         )
+        if ask.photo is not None and choices.text_bot not in VISION_BOTS:
+            choices = replace(choices, text_bot=self.config.vision_bot)
         config = self._run_config(request, ask, choices)
         for attempt in range(2):
             try:
@@ -149,7 +167,10 @@ class MemeBot(fp.PoeBot):
         drawing_since: float | None = None
         shown = progress_text(None, WRITING)  # already on screen
         quote: str | None = None
-        stream = self.chain.astream({**ask.chain_input(), "style": choices.style}, config)
+        if ask.photo is not None:
+            stream = self.photo_chain.astream(ask.chain_input(), config)
+        else:
+            stream = self.chain.astream({**ask.chain_input(), "style": choices.style}, config)
         async for item in in_background(stream, tick_s=PROGRESS_EVERY_S, name="meme"):
             if isinstance(item, MemeProgress):
                 quote = item.draft.quote

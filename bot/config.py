@@ -35,6 +35,7 @@ class BotConfig(BaseSettings):
     api_key: SecretStr | None = Field(default=None, validation_alias="POE_API_KEY")
     text_bot: str = Field(default=DEFAULT_TEXT_BOT, validation_alias="MEMEBOT_TEXT_BOT")
     image_bot: str = Field(default=DEFAULT_IMAGE_BOT, validation_alias="MEMEBOT_IMAGE_BOT")
+    vision_bot: str = Field(default=DEFAULT_TEXT_BOT, validation_alias="MEMEBOT_VISION_BOT")
     fallback_image_bot: str | None = Field(
         default=DEFAULT_FALLBACK_IMAGE_BOT, validation_alias="MEMEBOT_FALLBACK_IMAGE_BOT"
     )

@@ -8,6 +8,8 @@ from typing import Any, Final
 import fastapi_poe as fp
 
 TEXT_BOTS: Final = ("GPT-4o-Mini", "GPT-4o", "Claude-Sonnet-4", "Claude-3-Haiku", "Gemini-2.0-Flash", "Mistral-Large-2")
+VISION_BOTS: Final = frozenset({"GPT-4o-Mini", "GPT-4o", "Claude-Sonnet-4", "Claude-3-Haiku", "Gemini-2.0-Flash"})
+"""Text bots that can see an attached photo; others hand photo memes to the configured vision bot."""
 IMAGE_BOTS: Final = ("FLUX-schnell", "FLUX-dev", "Imagen-3", "Playground-v3", "DALL-E-3", "Ideogram-v2")
 ASPECT_RATIOS: Final = {"1:1": (1, 1), "16:9": (16, 9), "9:16": (9, 16), "4:3": (4, 3)}
 STYLES: Final = ("auto", "photo", "cartoon", "pixel art", "oil painting", "anime", "3D render")

@@ -15,6 +15,7 @@ from bot.language import detect_language
 from chains.draft import MemeDraft
 
 MAX_TOPIC_CHARS: Final = 2000
+PHOTO_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 METADATA_VERSION: Final = 1
 
 _LANGUAGE_NAMES: Final = {
@@ -117,12 +118,20 @@ class MemeAsk:
     follow_up: FollowUp | None = None
     memory: MemeMemory | None = None
     photo: fp.Attachment | None = None
+    unusable_attachment: str | None = None
     too_long_by: int = 0
     notes: list[str] = field(default_factory=list)
 
     def chain_input(self) -> dict[str, Any]:
-        """The meme chain's input."""
+        """The meme chain's input (the photo chain's, when the user sent a photo)."""
         request: dict[str, Any] = {"topic": self.topic, "language": self.language}
+        if self.photo is not None:
+            return {
+                **request,
+                "photo_url": self.photo.url,
+                "photo_type": self.photo.content_type,
+                "photo_name": self.photo.name,
+            }
         if self.follow_up is not None and self.memory is not None:
             request["instruction"] = self.follow_up.instruction
             request["previous_draft"] = self.memory.draft.model_dump_json()
@@ -137,7 +146,8 @@ def read_ask(request: fp.QueryRequest) -> MemeAsk:
     """Turn the last user message (and the conversation before it) into a meme request."""
     last = request.query[-1] if request.query else fp.ProtocolMessage(role="user", content="")
     text = last.content.strip()
-    photo = next((a for a in last.attachments if a.content_type.startswith("image/")), None)
+    photo = next((a for a in last.attachments if a.content_type in PHOTO_TYPES), None)
+    unusable = next((a.content_type for a in last.attachments if a.content_type not in PHOTO_TYPES), None)
     memory = read_memory(request.query)
     follow_up = _recognise(text) if memory is not None and not photo else None
     if follow_up is not None and memory is not None:
@@ -145,4 +155,11 @@ def read_ask(request: fp.QueryRequest) -> MemeAsk:
         return MemeAsk(topic=memory.topic, language=language, follow_up=follow_up, memory=memory)
     language = detect_language(text, request.language_code)
     too_long_by = max(0, len(text) - MAX_TOPIC_CHARS)
-    return MemeAsk(topic=text, language=language, memory=memory, photo=photo, too_long_by=too_long_by)
+    return MemeAsk(
+        topic=text,
+        language=language,
+        memory=memory,
+        photo=photo,
+        unusable_attachment=unusable if photo is None else None,
+        too_long_by=too_long_by,
+    )

@@ -215,6 +215,35 @@ def _alternatives(options: Mapping[str, Runnable[Any, Any]] | None) -> dict[str,
     return dict(options or {})
 
 
+def writer_model(
+    *,
+    text_bot: str = DEFAULT_TEXT_BOT,
+    text_timeout_s: float = 60.0,
+    max_retries: int = 2,
+    poe_url: str | None = None,
+    api_key: str | None = None,
+    chat_models: Mapping[str, BaseChatModel] | None = None,
+) -> Runnable[Any, Any]:
+    """ChatPoe for the writer, with `text_bot`, `temperature` and `chat_model` swappable at run time."""
+    keys: dict[str, Any] = {"api_key": api_key} if api_key else {}
+    chat = ChatPoe(
+        model=text_bot, timeout=text_timeout_s, max_retries=max_retries, poe_url=poe_url, **keys
+    ).configurable_fields(
+        model_name=ConfigurableField(id="text_bot", name="Text bot", description="Poe bot that writes the meme"),
+        temperature=ConfigurableField(id="temperature", name="Temperature"),
+    )
+    return chat.configurable_alternatives(
+        ConfigurableField(id="chat_model", name="Chat model"), default_key="poe", **_alternatives(chat_models)
+    )
+
+
+def caption_step(caption: bool = True, caption_format: OutputFormat = "jpeg") -> Runnable[MemeStep, MemeStep]:
+    """The caption overlay, switchable at run time with `caption_overlay`."""
+    return CaptionOverlay(enabled=caption, output_format=caption_format).configurable_fields(
+        enabled=ConfigurableField(id="caption_overlay", name="Caption overlay")
+    )
+
+
 def build_meme_chain(
     *,
     text_bot: str = DEFAULT_TEXT_BOT,
@@ -245,14 +274,13 @@ def build_meme_chain(
         **_alternatives({v: meme_prompt(v, instructions) for v in PROMPT_VARIANTS if v != prompt_variant}),
     )
     keys: dict[str, Any] = {"api_key": api_key} if api_key else {}
-    chat = ChatPoe(
-        model=text_bot, timeout=text_timeout_s, max_retries=max_retries, poe_url=poe_url, **keys
-    ).configurable_fields(
-        model_name=ConfigurableField(id="text_bot", name="Text bot", description="Poe bot that writes the meme"),
-        temperature=ConfigurableField(id="temperature", name="Temperature"),
-    )
-    model: Runnable[Any, Any] = chat.configurable_alternatives(
-        ConfigurableField(id="chat_model", name="Chat model"), default_key="poe", **_alternatives(chat_models)
+    model = writer_model(
+        text_bot=text_bot,
+        text_timeout_s=text_timeout_s,
+        max_retries=max_retries,
+        poe_url=poe_url,
+        api_key=api_key,
+        chat_models=chat_models,
     )
     painter = PoeImageGenerator(
         bot_name=image_bot, timeout=image_timeout_s, max_retries=max_retries, poe_url=poe_url, **keys
@@ -262,12 +290,20 @@ def build_meme_chain(
         aspect_ratio=ConfigurableField(id="aspect_ratio", name="Aspect ratio"),
     )
     if fallback_image_bot:
-        image = image.with_fallbacks([painter.model_copy(update={"bot_name": fallback_image_bot})])
+        fallback = painter.model_copy(update={"bot_name": fallback_image_bot}).configurable_fields(
+            aspect_ratio=ConfigurableField(id="aspect_ratio", name="Aspect ratio")
+        )
+        image = image.with_fallbacks([fallback])
     image = image.configurable_alternatives(
         ConfigurableField(id="image_step", name="Image step"), default_key="poe", **_alternatives(image_steps)
     )
-    captioner = CaptionOverlay(enabled=caption, output_format=caption_format).configurable_fields(
-        enabled=ConfigurableField(id="caption_overlay", name="Caption overlay")
-    )
     inputs = RunnableLambda(prompt_inputs, name="MemeRequest")
-    return RunnableSequence(inputs, prompt, model, parser, Illustrator(image_step=image), captioner, name="MemeChain")
+    return RunnableSequence(
+        inputs,
+        prompt,
+        model,
+        parser,
+        Illustrator(image_step=image),
+        caption_step(caption, caption_format),
+        name="MemeChain",
+    )

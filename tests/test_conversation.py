@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import fastapi_poe as fp
 import httpx
 import pytest
+from PIL import Image
 
 from bot.controls import IMAGE_BOTS, TEXT_BOTS
 from bot.poe_conversation import BotReply, PoeConversation
+from chains.poe_client import PoeEndpoints, upload_attachment
 from localpoe import LocalPoeServer
 
 
@@ -105,3 +108,53 @@ def test_settings_validate_and_cover_every_pickable_bot(bot_url: str, access_key
     assert set(TEXT_BOTS) | set(IMAGE_BOTS) <= set(settings.server_bot_dependencies)
     names = {c.parameter_name for s in settings.parameter_controls.sections for c in s.controls or []}  # type: ignore[union-attr]
     assert {"text_bot", "image_bot", "aspect_ratio", "caption", "style"} <= names
+
+
+async def upload_photo(poe: LocalPoeServer, size: tuple[int, int] = (900, 600)) -> fp.Attachment:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (40, 140, 90)).save(buffer, "PNG")
+    return await upload_attachment(
+        api_key=poe.api_key,
+        filename="garden.png",
+        file_data=buffer.getvalue(),
+        endpoints=PoeEndpoints.from_root(poe.url),
+    )
+
+
+async def test_meme_this_photo_captions_the_users_own_picture(
+    bot_url: str, access_key: str, local_poe: LocalPoeServer
+) -> None:
+    photo = await upload_photo(local_poe)
+    reply = await PoeConversation(bot_url, access_key).send("my garden", attachments=[photo])
+    assert reply.error is None, reply.error
+    [attachment] = reply.attachments
+    async with httpx.AsyncClient() as client:
+        picture = Image.open(io.BytesIO((await client.get(attachment.url)).content))
+    assert picture.format == "JPEG" and picture.size == (900, 600)  # the user's photo, captioned
+    assert picture.getpixel((450, 300)) != (40, 140, 90) or picture.getpixel((450, 560)) != (40, 140, 90)
+    bots = local_poe.platform.stats()["bots"]
+    assert set(bots) == {"GPT-4o-Mini"}  # no image bot was called
+    sent = local_poe.platform.requests("GPT-4o-Mini")[-1]["request"]["query"][-1]
+    assert [a["url"] for a in sent["attachments"]] == [photo.url]
+
+
+async def test_photo_with_a_text_only_writer_goes_to_the_vision_bot(
+    bot_url: str, access_key: str, local_poe: LocalPoeServer
+) -> None:
+    photo = await upload_photo(local_poe, (600, 600))
+    reply = await PoeConversation(bot_url, access_key).send(
+        "", attachments=[photo], parameters={"text_bot": "Mistral-Large-2"}
+    )
+    assert reply.error is None and reply.attachments
+    assert set(local_poe.platform.stats()["bots"]) == {"GPT-4o-Mini"}
+
+
+async def test_a_non_image_attachment_gets_a_clear_message(
+    bot_url: str, access_key: str, local_poe: LocalPoeServer
+) -> None:
+    document = fp.Attachment(
+        url=f"{local_poe.url}files/x/report.pdf", content_type="application/pdf", name="report.pdf"
+    )
+    reply = await PoeConversation(bot_url, access_key).send("summarise", attachments=[document])
+    assert reply.error is not None and "photo" in reply.error["text"] and "application/pdf" in reply.error["text"]
+    assert local_poe.platform.stats()["bots"] == {}
