@@ -91,6 +91,14 @@ class MemeBot(fp.PoeBot):
         )
 
     async def get_response(self, request: fp.QueryRequest) -> AsyncIterable[Reply]:
+        try:
+            async for event in self._respond(request):
+                yield event
+        finally:
+            # When Poe goes away mid-reply, an uploaded picture's queued event must not stay behind forever.
+            self._file_events_to_yield.pop(request.message_id, None)
+
+    async def _respond(self, request: fp.QueryRequest) -> AsyncIterator[Reply]:
         # Poe wants a first event within 5 s; ours goes out before any work.
         yield fp.MetaResponse(text="", content_type="text/markdown", linkify=False, suggested_replies=False)
         yield fp.PartialResponse(text=progress_text(None, WRITING), is_replace_response=True)

@@ -59,3 +59,20 @@ def test_modal_app_imports_offline_and_serves_the_bot(monkeypatch: pytest.Monkey
     assert isinstance(modal_app.app, modal.App) and modal_app.app.name == "meme-creator"
     monkeypatch.setenv("POE_ACCESS_KEY", "a" * 32)
     assert isinstance(modal_app.fastapi_app.local(), FastAPI)
+
+
+def test_chat_holds_a_conversation_with_a_running_bot(bot_url: str, access_key: str, tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("POE_", "MEMEBOT_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "chat", "--url", bot_url, "--save-dir", str(tmp_path)],
+        cwd=REPO,
+        env={**environment, "POE_ACCESS_KEY": access_key},
+        input="Monday mornings\n1\n\n",  # a topic, then the first suggested reply ("Another one"), then quit
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    saved = sorted(tmp_path.iterdir())
+    assert len(saved) == 2 and all(p.stat().st_size > 1000 for p in saved)
+    assert result.stdout.count("picture saved:") == 2 and "Another one" in result.stdout
