@@ -21,6 +21,8 @@ from bot.language import detect_language
 from bot.replies import explain
 from chains.caption import OutputFormat
 from chains.meme import Meme, MemeProgress, MemeStep, build_meme_chain
+from chains.tracing import flush_tracing, tracing_callbacks
+from lab.commands import experiment, trace
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Meme Creator: a Poe bot that turns topics into memes."
@@ -72,6 +74,9 @@ def make(
     caption: Annotated[bool, typer.Option(help="Draw the quote onto the picture.")] = True,
     prompt: Annotated[str, typer.Option(help="Prompt variant (v1, v2).")] = "v1",
     language: Annotated[str | None, typer.Option(help="Language of the quote (default: the topic's).")] = None,
+    trace_file: Annotated[
+        Path | None, typer.Option("--trace", help="Write the run tree to this JSONL file.", show_default=False)
+    ] = None,
 ) -> None:
     """Make one meme and write it to a file (offline on the local Poe platform when POE_API_KEY is unset)."""
     config = BotConfig()
@@ -96,9 +101,16 @@ def make(
                 poe_url=poe_url,
                 api_key=api_key,
             )
+            configurable = {"caption_language": request["language"]}
             if aspect:
-                chain = chain.with_config(configurable={"aspect_ratio": aspect})
+                configurable["aspect_ratio"] = aspect
+            chain = chain.with_config(
+                configurable=configurable,
+                callbacks=tracing_callbacks(trace_file, secrets=(api_key,)),
+                metadata={"text_bot": text_bot, "image_bot": image_bot, "prompt_variant": prompt},
+            )
             meme = asyncio.run(_make(chain, request, image_bot))
+            flush_tracing()
             picture = meme.picture if meme.picture is not None else meme.image.read()
     except Exception as error:
         message, _ = explain(error)
@@ -109,6 +121,10 @@ def make(
     console.print(Text(meme.quote, style="bold"))
     console.print(f"[dim]picture:[/] {meme.image_prompt}")
     console.print(f"[green]wrote[/] {out} ({len(picture):,} bytes)")
+
+
+app.command("experiment")(experiment)
+app.command("trace")(trace)
 
 
 @app.command()

@@ -153,7 +153,7 @@ class MemeBot(fp.PoeBot):
     def _run_config(self, request: fp.QueryRequest, ask: MemeAsk, choices: Choices) -> RunnableConfig:
         return {
             "run_name": "MemeBot",
-            "configurable": {POE_REQUEST_KEY: request, **choices.configurable()},
+            "configurable": {POE_REQUEST_KEY: request, "caption_language": ask.language, **choices.configurable()},
             "metadata": {
                 "conversation_id": request.conversation_id,
                 "message_id": request.message_id,

@@ -167,6 +167,8 @@ class CaptionOverlay(RunnableSerializable[MemeStep, MemeStep]):
 
     enabled: bool = True
     output_format: OutputFormat = "jpeg"
+    language: str | None = None
+    """The quote's language, which picks the CJK glyph forms (Chinese or Japanese); scripts are detected anyway."""
     name: str | None = "CaptionOverlay"
 
     async def _caption(self, meme: Meme) -> Meme:
@@ -174,7 +176,9 @@ class CaptionOverlay(RunnableSerializable[MemeStep, MemeStep]):
             return meme
         start = time.perf_counter()
         data = await meme.image.aread()
-        rendered = await asyncio.to_thread(render_meme, data, meme.draft.quote, output_format=self.output_format)
+        rendered = await asyncio.to_thread(
+            render_meme, data, meme.draft.quote, language=self.language, output_format=self.output_format
+        )
         timings = {**meme.timings, "caption_s": time.perf_counter() - start}
         return meme.model_copy(
             update={
@@ -238,9 +242,10 @@ def writer_model(
 
 
 def caption_step(caption: bool = True, caption_format: OutputFormat = "jpeg") -> Runnable[MemeStep, MemeStep]:
-    """The caption overlay, switchable at run time with `caption_overlay`."""
+    """The caption overlay, switchable at run time with `caption_overlay` (and `caption_language`)."""
     return CaptionOverlay(enabled=caption, output_format=caption_format).configurable_fields(
-        enabled=ConfigurableField(id="caption_overlay", name="Caption overlay")
+        enabled=ConfigurableField(id="caption_overlay", name="Caption overlay"),
+        language=ConfigurableField(id="caption_language", name="Caption language"),
     )
 
 
