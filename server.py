@@ -19,10 +19,9 @@ from bot.config import BotConfig, ConfigError
 from bot.controls import IMAGE_BOTS, TEXT_BOTS, VISION_BOTS, Choices, parameter_controls, read_choices
 from bot.conversation import MemeAsk, read_ask
 from bot.replies import SUGGESTED_REPLIES, WRITING, drawing_status, explain, final_text, progress_text
-from chains.chat_poe import POE_REQUEST_KEY
 from chains.meme import Meme, MemeProgress, build_meme_chain
 from chains.photo import build_photo_chain
-from chains.poe_client import PoeEndpoints, close_shared_http_client, upload_attachment
+from chains.poe_client import POE_REQUEST_KEY, PoeEndpoints, close_shared_http_client, upload_attachment
 from chains.secrets import install_log_redaction
 from chains.streaming import TICK, in_background
 

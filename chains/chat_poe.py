@@ -12,18 +12,14 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import ensure_config
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import ConfigDict, Field, SecretStr
 
-from chains.errors import PoeAuthError
 from chains.messages import to_protocol_messages
-from chains.poe_client import POE_URL_ENV, PoeEndpoints, stream_bot
+from chains.poe_client import POE_URL_ENV, PoeEndpoints, outgoing_request, stream_bot
 from chains.sync_bridge import iterate_sync
 
 DEFAULT_TEXT_BOT: Final = "GPT-4o-Mini"
-POE_REQUEST_KEY: Final = "poe_request"
-"""`configurable` key holding the Poe `QueryRequest` being served: calls then go out on its behalf."""
 
 
 @dataclass(frozen=True)
@@ -108,25 +104,10 @@ class ChatPoe(BaseChatModel):
             query[-1] = query[-1].model_copy(
                 update={"parameters": {**query[-1].parameters, "max_tokens": self.max_tokens}}
             )
-        fields: dict[str, Any] = {"query": query, "temperature": temperature, "stop_sequences": list(stops)}
-        served: fp.QueryRequest | None = ensure_config().get("configurable", {}).get(POE_REQUEST_KEY)
-        if served is not None:
-            # On behalf of the message being served: same ids, the bot's access key; never mutate it.
-            request = served.model_copy(
-                update={**fields, "logit_bias": {}, "tools": None, "tool_calls": None, "tool_results": None}
-            )
-            return _PoeCall(bot_name, request, served.access_key, stops)
-        if self.api_key is None or not self.api_key.get_secret_value():
-            raise PoeAuthError("ChatPoe needs a Poe API key: pass api_key= or set POE_API_KEY", bot_name=bot_name)
-        request = fp.QueryRequest(
-            version=fp.client.PROTOCOL_VERSION,
-            type="query",
-            user_id="",
-            conversation_id="",
-            message_id="",
-            **fields,
+        request, api_key = outgoing_request(
+            query, caller="ChatPoe", api_key=self.api_key, temperature=temperature, stop_sequences=list(stops)
         )
-        return _PoeCall(bot_name, request, self.api_key.get_secret_value(), stops)
+        return _PoeCall(bot_name, request, api_key, stops)
 
     async def _chunks(self, call: _PoeCall) -> AsyncIterator[ChatGenerationChunk]:
         shown = ""

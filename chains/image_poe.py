@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import fastapi_poe as fp
-from langchain_core.runnables import RunnableConfig, RunnableSerializable, ensure_config
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from chains.chat_poe import POE_REQUEST_KEY
-from chains.errors import PoeAuthError, PoeNoImage
-from chains.poe_client import POE_URL_ENV, PoeEndpoints, shared_http_client, stream_bot
+from chains.errors import PoeNoImage
+from chains.poe_client import POE_URL_ENV, PoeEndpoints, outgoing_request, shared_http_client, stream_bot
 from chains.secrets import redact
 from chains.sync_bridge import run_sync
 
@@ -88,16 +87,8 @@ class PoeImageGenerator(RunnableSerializable[str, GeneratedImage]):
             text = f"{text} --aspect {self.aspect_ratio}"
             parameters["aspect_ratio"] = self.aspect_ratio
         query = [fp.ProtocolMessage(role="user", content=text, parameters=parameters)]
-        served: fp.QueryRequest | None = ensure_config().get("configurable", {}).get(POE_REQUEST_KEY)
-        if served is not None:
-            request = served.model_copy(update={"query": query, "temperature": None, "stop_sequences": []})
-            return _ImageCall(request, served.access_key, prompt)
-        if self.api_key is None or not self.api_key.get_secret_value():
-            raise PoeAuthError("PoeImageGenerator needs a Poe API key: pass api_key= or set POE_API_KEY")
-        request = fp.QueryRequest(
-            version=fp.client.PROTOCOL_VERSION, type="query", query=query, user_id="", conversation_id="", message_id=""
-        )
-        return _ImageCall(request, self.api_key.get_secret_value(), prompt)
+        request, api_key = outgoing_request(query, caller="PoeImageGenerator", api_key=self.api_key)
+        return _ImageCall(request, api_key, prompt)
 
     async def _draw(self, call: _ImageCall) -> GeneratedImage:
         text = ""

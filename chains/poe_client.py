@@ -11,10 +11,12 @@ import random
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import fastapi_poe as fp
 import httpx
+from langchain_core.runnables import ensure_config
+from pydantic import SecretStr
 
 from chains.errors import PoeAuthError, PoeBotError, PoeError, PoeRateLimited, PoeTimeout
 from chains.secrets import redact
@@ -23,6 +25,8 @@ from chains.streaming import in_background
 logger = logging.getLogger(__name__)
 
 POE_URL_ENV: Final = "MEMEBOT_POE_URL"
+POE_REQUEST_KEY: Final = "poe_request"
+"""`configurable` key holding the Poe `QueryRequest` being served: calls then go out on its behalf."""
 _POE_BOT_URL: Final = "https://api.poe.com/bot/"
 _POE_API_ROOT: Final = "https://api.poe.com/"
 _POE_UPLOAD_URL: Final = "https://www.quora.com/poe_api/"
@@ -48,6 +52,33 @@ class PoeEndpoints:
     def from_env(cls) -> PoeEndpoints:
         """Endpoints as MEMEBOT_POE_URL says."""
         return cls.from_root(os.environ.get(POE_URL_ENV, "").strip() or None)
+
+
+def outgoing_request(
+    query: list[fp.ProtocolMessage],
+    *,
+    caller: str,
+    api_key: SecretStr | None,
+    temperature: float | None = None,
+    stop_sequences: list[str] | None = None,
+) -> tuple[fp.QueryRequest, str]:
+    """The request for an upstream bot, and the key to send it with.
+
+    Inside a served Poe message (`configurable["poe_request"]` in the current run's config) the call goes out on
+    its behalf: a copy of that request (never a mutation) with its ids, sent with the bot's access key, so Poe
+    bills that user. Elsewhere, a fresh request sent with the API key.
+    """
+    fields: dict[str, Any] = {"query": query, "temperature": temperature, "stop_sequences": stop_sequences or []}
+    served: fp.QueryRequest | None = ensure_config().get("configurable", {}).get(POE_REQUEST_KEY)
+    if served is not None:
+        update = {**fields, "logit_bias": {}, "tools": None, "tool_calls": None, "tool_results": None}
+        return served.model_copy(update=update), served.access_key
+    if api_key is None or not api_key.get_secret_value():
+        raise PoeAuthError(f"{caller} needs a Poe API key: pass api_key= or set POE_API_KEY")
+    request = fp.QueryRequest(
+        version=fp.client.PROTOCOL_VERSION, type="query", user_id="", conversation_id="", message_id="", **fields
+    )
+    return request, api_key.get_secret_value()
 
 
 def _is_protocol_report(request: httpx.Request) -> bool:

@@ -13,7 +13,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from chains import ChatPoe, PoeAuthError, PoeBotError, PoeRateLimited, PoeTimeout
-from chains.chat_poe import POE_REQUEST_KEY
+from chains.poe_client import POE_REQUEST_KEY
 from localpoe import BotKnobs, FaultKind, KnobSet, LocalPoeServer
 from tests.conftest import USER_API_KEY
 
