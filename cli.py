@@ -51,15 +51,19 @@ def poe_platform(config: BotConfig) -> Iterator[tuple[str | None, str]]:
 
 async def _make(chain: Any, request: dict[str, Any], image_bot: str) -> Meme:
     status = Text("✍️  Writing the meme…")
+    meme: Meme | None = None
     with Live(status, console=err_console, transient=True, refresh_per_second=8) as live:
+        # Read the stream to its end: leaving it early would end the chain's runs with GeneratorExit in traces.
         async for step in chain.astream(request):
             if isinstance(step, MemeProgress):
                 quote = (step.draft.quote or "").replace("\n", " / ")
                 doing = f"🎨 Drawing with {image_bot}…" if step.drawing else "✍️  Writing the meme…"
                 live.update(Text(f"{doing} {step.elapsed_s:4.1f}s\n{quote}"))
             elif isinstance(step, Meme):
-                return step
-    raise RuntimeError("the meme chain ended without a meme")
+                meme = step
+    if meme is None:
+        raise RuntimeError("the meme chain ended without a meme")
+    return meme
 
 
 @app.command()

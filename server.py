@@ -24,6 +24,7 @@ from chains.photo import build_photo_chain
 from chains.poe_client import POE_REQUEST_KEY, PoeEndpoints, close_shared_http_client, upload_attachment
 from chains.secrets import install_log_redaction
 from chains.streaming import TICK, in_background
+from chains.tracing import tracing_callbacks
 
 logger = logging.getLogger("memebot")
 Reply: TypeAlias = fp.PartialResponse | fp.DataResponse
@@ -152,6 +153,7 @@ class MemeBot(fp.PoeBot):
     def _run_config(self, request: fp.QueryRequest, ask: MemeAsk, choices: Choices) -> RunnableConfig:
         return {
             "run_name": "MemeBot",
+            "callbacks": tracing_callbacks(self.config.trace_file, secrets=(self.access_key or "",)),
             "configurable": {POE_REQUEST_KEY: request, "caption_language": ask.language, **choices.configurable()},
             "metadata": {
                 "conversation_id": request.conversation_id,
@@ -178,16 +180,17 @@ class MemeBot(fp.PoeBot):
             stream = self.photo_chain.astream(ask.chain_input(), config)
         else:
             stream = self.chain.astream({**ask.chain_input(), "style": choices.style}, config)
+        meme: Meme | None = None
+        # The stream is read to its end (the Meme is its last item) so the chain's runs finish cleanly.
         async for item in in_background(stream, tick_s=PROGRESS_EVERY_S, name="meme"):
             if isinstance(item, MemeProgress):
                 quote = item.draft.quote
                 if item.drawing and drawing_since is None:
                     drawing_since = loop.time()
             elif isinstance(item, Meme):
-                async for event in self._deliver(request, ask, item):
-                    yield event
-                return
-            elif item is not TICK:
+                meme = item
+                continue
+            elif item is not TICK or meme is not None:
                 continue
             status = (
                 WRITING if drawing_since is None else drawing_status(choices.image_bot, loop.time() - drawing_since)
@@ -196,7 +199,10 @@ class MemeBot(fp.PoeBot):
             if text != shown:
                 shown = text
                 yield fp.PartialResponse(text=text, is_replace_response=True)
-        raise RuntimeError("the meme chain ended without a meme")
+        if meme is None:
+            raise RuntimeError("the meme chain ended without a meme")
+        async for event in self._deliver(request, ask, meme):
+            yield event
 
     async def _deliver(self, request: fp.QueryRequest, ask: MemeAsk, meme: Meme) -> AsyncIterator[Reply]:
         start = time.perf_counter()
