@@ -348,3 +348,26 @@ def test_cli_make_traces_to_langsmith_and_jsonl_and_prints_the_tree(
     assert shown.returncode == 0, shown.stderr
     for name in (*STEPS, "PoeImageGenerator", "Imagen-3", "1 run tree", " 0 with errors"):
         assert name in shown.stdout
+
+
+async def test_the_served_bot_writes_one_tree_per_message_to_its_trace_file(
+    bot_config: Any, serve_bot: Any, access_key: str, tmp_path: Path
+) -> None:
+    from bot.poe_conversation import PoeConversation
+    from server import create_app
+
+    trace_file = tmp_path / "bot.jsonl"
+    url = serve_bot(create_app(bot_config.model_copy(update={"trace_file": str(trace_file)})))
+    conversation = PoeConversation(url, access_key)
+    await conversation.send("Monday mornings")
+    await conversation.send("make it darker")
+    flush_tracing()
+    trees = read_trace(trace_file)
+    assert [t.name for t in trees] == ["MemeBot", "MemeBot"]
+    names = {node.name for node in trees[0].walk()}
+    assert {"ChatPoe", "MemeDraftParser", "Illustrator", "PoeImageGenerator", "CaptionOverlay"} <= names
+    assert trees[1].record["metadata"]["follow_up"] == "darker"
+    assert trees[0].record["metadata"]["conversation_id"] == conversation.conversation_id
+    assert not any(node.record.get("error") for tree in trees for node in tree.walk())
+    raw = trace_file.read_text()
+    assert access_key not in raw and "Bearer" not in raw
