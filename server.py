@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, TypeAlias
+from typing import Any, BinaryIO, TypeAlias, cast
 
 import fastapi_poe as fp
 from fastapi import FastAPI
@@ -28,6 +29,9 @@ from chains.tracing import tracing_callbacks
 
 logger = logging.getLogger("memebot")
 Reply: TypeAlias = fp.PartialResponse | fp.DataResponse
+_open_replies: contextvars.ContextVar[list[AsyncGenerator[Reply, None]] | None] = contextvars.ContextVar(
+    "memebot_open_replies", default=None
+)
 
 INTRODUCTION = (
     "Send me any topic — *Monday mornings*, *my cat vs. the keyboard*, *周一早上* — and I'll write a meme "
@@ -90,10 +94,35 @@ class MemeBot(fp.PoeBot):
             ),
         )
 
-    async def get_response(self, request: fp.QueryRequest) -> AsyncIterable[Reply]:
+    async def handle_query(self, request: fp.QueryRequest, context: fp.RequestContext) -> AsyncIterator[Any]:
+        # When Poe hangs up, sse_starlette closes this generator at a `yield`; fastapi_poe's `async for` then
+        # leaves our reply generator suspended until garbage collection, with its upstream calls still running.
+        # Closing the reply here cancels them at once.
+        replies: list[AsyncGenerator[Reply, None]] = []
+        _open_replies.set(replies)
+        events = super().handle_query(request, context)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await cast(AsyncGenerator[Any, None], events).aclose()
+            for reply in replies:
+                await reply.aclose()
+
+    def get_response_with_context(
+        self, request: fp.QueryRequest, context: fp.RequestContext
+    ) -> AsyncGenerator[Reply, None]:
+        reply = self.get_response(request)
+        if (replies := _open_replies.get()) is not None:
+            replies.append(reply)
+        return reply
+
+    async def get_response(self, request: fp.QueryRequest) -> AsyncGenerator[Reply, None]:
         try:
             async for event in self._respond(request):
                 yield event
+        except fp.InsufficientFundError:
+            yield fp.ErrorResponse(error_type="insufficient_fund", text="")
         finally:
             # When Poe goes away mid-reply, an uploaded picture's queued event must not stay behind forever.
             self._file_events_to_yield.pop(request.message_id, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -86,6 +87,37 @@ def _is_protocol_report(request: httpx.Request) -> bool:
     return b'"type": "report_' in request.content[:80]
 
 
+# Upstream responses each call opened, so a call that ends early can close them for sure (see _stream_once).
+_open_responses: contextvars.ContextVar[list[httpx.Response] | None] = contextvars.ContextVar(
+    "memebot_open_responses", default=None
+)
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _track_response(response: httpx.Response) -> None:
+    if (opened := _open_responses.get()) is not None:
+        opened.append(response)
+
+
+async def _tracking(
+    source: AsyncIterator[fp.PartialResponse], opened: list[httpx.Response]
+) -> AsyncIterator[fp.PartialResponse]:
+    _open_responses.set(opened)  # in the call's own pump task, so only this call's responses land here
+    async for item in source:
+        yield item
+
+
+def _close_left_open(responses: list[httpx.Response]) -> None:
+    # Closing the response before its task is cancelled: httpx's own cleanup, run inside a cancelled task
+    # under anyio, can be cut short and leave the socket open, the upstream bot streaming to nobody. A fresh,
+    # uncancelled task closes the connection for sure, and the upstream sees the hang-up.
+    for response in responses:
+        if not response.is_closed:
+            task = asyncio.get_running_loop().create_task(response.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
 async def _raise_for_status(response: httpx.Response) -> None:
     # Poe answers auth and routing failures with a status code before any SSE; make that visible as such
     # instead of httpx_sse's "expected text/event-stream".
@@ -105,7 +137,7 @@ def shared_http_client() -> httpx.AsyncClient:
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(120.0, connect=10.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            event_hooks={"response": [_raise_for_status]},
+            event_hooks={"response": [_track_response, _raise_for_status]},
         )
         _clients[loop] = client
     return client
@@ -187,7 +219,13 @@ async def _stream_once(
         on_error=_quiet_error_handler,
         base_url=endpoints.bot_url,
     )
-    async for item in in_background(source, deadline=deadline, name=f"poe:{bot_name}"):
+    opened: list[httpx.Response] = []
+    async for item in in_background(
+        _tracking(source, opened),
+        deadline=deadline,
+        name=f"poe:{bot_name}",
+        on_exit=lambda: _close_left_open(opened),
+    ):
         assert isinstance(item, fp.PartialResponse)
         yield item
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Final, TypeVar
 
 T = TypeVar("T")
@@ -28,12 +28,18 @@ async def _pump(source: AsyncIterable[T], queue: asyncio.Queue[object]) -> None:
 
 
 async def in_background(
-    source: AsyncIterable[T], *, tick_s: float | None = None, deadline: float | None = None, name: str = "stream"
+    source: AsyncIterable[T],
+    *,
+    tick_s: float | None = None,
+    deadline: float | None = None,
+    name: str = "stream",
+    on_exit: Callable[[], object] | None = None,
 ) -> AsyncIterator[T | Tick]:
     """Items of `source`, produced in a task of their own.
 
     Whatever the source is stuck in, a passed `deadline` (loop time; raises TimeoutError) or a consumer that
     stops iterating cancels it cleanly. With `tick_s`, a `TICK` is yielded whenever that long passes quietly.
+    `on_exit` runs first when iteration ends for any reason, before the task is cancelled.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
@@ -59,6 +65,8 @@ async def in_background(
                 raise item
             yield item  # type: ignore[misc]
     finally:
+        if on_exit is not None:
+            on_exit()
         task.cancel()
         with contextlib.suppress(BaseException):
             await task

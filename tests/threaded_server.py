@@ -23,7 +23,11 @@ class ThreadedUvicorn:
         self.thread = threading.Thread(target=self._run, name="uvicorn-test", daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.socket]))
+        async def serve() -> None:
+            self.server_loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self.socket])
+
+        asyncio.run(serve())
 
     def start(self) -> ThreadedUvicorn:
         self.thread.start()
