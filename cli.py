@@ -21,6 +21,7 @@ from bot.language import detect_language
 from bot.replies import explain
 from chains.caption import OutputFormat
 from chains.meme import Meme, MemeProgress, MemeStep, build_meme_chain
+from chains.secrets import install_log_redaction
 from chains.tracing import flush_tracing, tracing_callbacks
 from lab.commands import experiment, trace
 
@@ -192,6 +193,7 @@ def local_poe(
 
 def main() -> None:
     """Console entry point."""
+    install_log_redaction()
     try:
         app()
     except KeyboardInterrupt:

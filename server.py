@@ -19,7 +19,17 @@ from langchain_core.runnables import RunnableConfig
 from bot.config import BotConfig, ConfigError
 from bot.controls import IMAGE_BOTS, TEXT_BOTS, VISION_BOTS, Choices, parameter_controls, read_choices
 from bot.conversation import MemeAsk, read_ask
-from bot.replies import SUGGESTED_REPLIES, WRITING, drawing_status, explain, final_text, progress_text
+from bot.protocol_guard import install_protocol_guard
+from bot.replies import (
+    SUGGESTED_REPLIES,
+    WRITING,
+    drawing_status,
+    explain,
+    final_text,
+    progress_text,
+    writing_status,
+)
+from chains.errors import PoeBotError
 from chains.meme import Meme, MemeProgress, build_meme_chain
 from chains.photo import build_photo_chain
 from chains.poe_client import POE_REQUEST_KEY, PoeEndpoints, close_shared_http_client, upload_attachment
@@ -38,7 +48,26 @@ INTRODUCTION = (
     "quote and draw the picture for it.\n\nThen ask for *another one*, *make it darker*, *in Chinese* or "
     "*different art style*."
 )
-PROGRESS_EVERY_S = 1.0
+TICK_S = 0.25
+"""How often the reply checks for a status to refresh while nothing else happens."""
+REPLACE_EVERY_S = 0.1
+"""At most one replace per this long while the quote streams: each carries the whole text, and the eye cannot
+tell the difference; the finished quote goes out at once."""
+
+
+MEME_ROUNDS = 2
+"""A meme whose draft came back unreadable, or whose bot broke off mid-answer, is made once more from scratch
+(what was shown is replaced); `server_bot_dependencies` counts both rounds."""
+SECOND_ROUND_WITHIN_S = 40.0
+"""No second round after this long: both must fit in Poe's 120 s for the whole reply."""
+
+
+def _worth_another_round(error: BaseException) -> bool:
+    # Retries inside a round happen only before any text arrives; these failures come after, or are the
+    # draft itself being unusable. Time-outs and refusals of the key would only repeat.
+    if isinstance(error, OutputParserException):
+        return True
+    return isinstance(error, PoeBotError) and error.retryable
 
 
 @dataclass
@@ -69,12 +98,12 @@ class MemeBot(fp.PoeBot):
         )
 
     def server_bot_dependencies(self) -> dict[str, int]:
-        """The most calls one message can make to each bot a user can pick: retries and one re-ask included.
+        """The most calls one message can make to each bot a user can pick, retries and both rounds included.
 
-        A text bot is asked at most twice (the draft, one re-ask), each time with its retries; the chosen image
-        bot and the fallback are each tried with their retries in both rounds.
+        Each round asks the text bot once and the image bot once, each with its retries; the fallback image bot
+        may be tried in both rounds as well.
         """
-        calls = 2 * (self.config.max_retries + 1)
+        calls = MEME_ROUNDS * (self.config.max_retries + 1)
         text_bots = dict.fromkeys((self.config.text_bot, self.config.vision_bot, *TEXT_BOTS), calls)
         image_bots = dict.fromkeys((self.config.image_bot, *IMAGE_BOTS), calls)
         if fallback := self.config.fallback_image_bot:
@@ -164,20 +193,19 @@ class MemeBot(fp.PoeBot):
         if ask.photo is not None and choices.text_bot not in VISION_BOTS:
             choices = replace(choices, text_bot=self.config.vision_bot)
         config = self._run_config(request, ask, choices)
-        for attempt in range(2):
+        started = time.monotonic()
+        for round_ in range(MEME_ROUNDS):
             try:
                 async for event in self._make_meme(request, ask, choices, config):
                     yield event
                 return
-            except OutputParserException:
-                if attempt == 0:
-                    logger.info("draft unparseable; asking the writer once more")
-                    yield fp.PartialResponse(text=progress_text(None, "✍️ Rewriting…"), is_replace_response=True)
-                    continue
-                yield self._error(OutputParserException("unparseable twice"))
             except Exception as error:
-                yield self._error(error)
-                return
+                last_round = round_ == MEME_ROUNDS - 1 or time.monotonic() - started > SECOND_ROUND_WITHIN_S
+                if last_round or not _worth_another_round(error):
+                    yield self._error(error)
+                    return
+                logger.info("meme round failed (%s); making it once more", type(error).__name__)
+                yield fp.PartialResponse(text=progress_text(None, "✍️ Starting over…"), is_replace_response=True)
 
     def _run_config(self, request: fp.QueryRequest, ask: MemeAsk, choices: Choices) -> RunnableConfig:
         return {
@@ -204,16 +232,18 @@ class MemeBot(fp.PoeBot):
         loop = asyncio.get_running_loop()
         drawing_since: float | None = None
         shown = progress_text(None, WRITING)  # already on screen
+        started = shown_at = loop.time()
         quote: str | None = None
+        quote_done = False
         if ask.photo is not None:
             stream = self.photo_chain.astream(ask.chain_input(), config)
         else:
             stream = self.chain.astream({**ask.chain_input(), "style": choices.style}, config)
         meme: Meme | None = None
         # The stream is read to its end (the Meme is its last item) so the chain's runs finish cleanly.
-        async for item in in_background(stream, tick_s=PROGRESS_EVERY_S, name="meme"):
+        async for item in in_background(stream, tick_s=TICK_S, name="meme"):
             if isinstance(item, MemeProgress):
-                quote = item.draft.quote
+                quote, quote_done = item.draft.quote, item.draft.quote_complete
                 if item.drawing and drawing_since is None:
                     drawing_since = loop.time()
             elif isinstance(item, Meme):
@@ -221,12 +251,13 @@ class MemeBot(fp.PoeBot):
                 continue
             elif item is not TICK or meme is not None:
                 continue
-            status = (
-                WRITING if drawing_since is None else drawing_status(choices.image_bot, loop.time() - drawing_since)
-            )
+            if drawing_since is None:
+                status = writing_status(choices.text_bot, loop.time() - started)
+            else:
+                status = drawing_status(choices.image_bot, loop.time() - drawing_since)
             text = progress_text(quote, status)
-            if text != shown:
-                shown = text
+            if text != shown and (quote_done or loop.time() - shown_at >= REPLACE_EVERY_S):
+                shown, shown_at = text, loop.time()
                 yield fp.PartialResponse(text=text, is_replace_response=True)
         if meme is None:
             raise RuntimeError("the meme chain ended without a meme")
@@ -302,7 +333,9 @@ def create_app(config: BotConfig | None = None) -> FastAPI:
         yield
         await close_shared_http_client()
 
-    return fp.make_app(bot, app=FastAPI(title="Meme Creator", lifespan=lifespan))
+    app = fp.make_app(bot, app=FastAPI(title="Meme Creator", lifespan=lifespan))
+    install_protocol_guard(app, access_key=access_key)  # malformed requests get a 4xx, never a 500
+    return app
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from bot.language import detect_language
 from chains.draft import MemeDraft
+from chains.prompts import clean_user_text
 
 MAX_TOPIC_CHARS: Final = 2000
 PHOTO_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
@@ -145,7 +146,7 @@ class MemeAsk:
 def read_ask(request: fp.QueryRequest) -> MemeAsk:
     """Turn the last user message (and the conversation before it) into a meme request."""
     last = request.query[-1] if request.query else fp.ProtocolMessage(role="user", content="")
-    text = last.content.strip()
+    text = clean_user_text(last.content, limit=len(last.content))  # no control, format or bidi characters
     photo = next((a for a in last.attachments if a.content_type in PHOTO_TYPES), None)
     unusable = next((a.content_type for a in last.attachments if a.content_type not in PHOTO_TYPES), None)
     memory = read_memory(request.query)

@@ -20,6 +20,11 @@ def progress_text(quote: str | None, status: str) -> str:
     return "\n\n".join(parts)
 
 
+def writing_status(text_bot: str, seconds: float) -> str:
+    """The status while the writer works; the seconds show the wait is alive even when nothing else changes."""
+    return f"✍️ {text_bot} is writing your meme… {int(seconds)}s"
+
+
 def drawing_status(image_bot: str, seconds: float) -> str:
     return f"🎨 Drawing with {image_bot}… {int(seconds)}s"
 
@@ -28,7 +33,8 @@ def final_text(quote: str, image_ref: str | None, alt: str) -> str:
     """The finished reply: the quote as text (to copy, and for screen readers), then the picture inline."""
     parts = [quote_block(quote)]
     if image_ref:
-        parts.append(f"![{plain(alt)[:120]}][{image_ref}]")
+        # Cut before escaping, so a cut never splits an escape and unbalances the brackets.
+        parts.append(f"![{plain(' '.join(alt.split())[:120])}][{image_ref}]")
     return "\n\n".join(parts)
 
 

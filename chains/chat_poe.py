@@ -64,7 +64,9 @@ class ChatPoe(BaseChatModel):
     api_key: SecretStr | None = Field(default_factory=secret_from_env("POE_API_KEY", default=None))
     poe_url: str | None = Field(default_factory=from_env(POE_URL_ENV, default=None))
     """Root of the Poe platform (a local one for development); unset means Poe's own hosts."""
-    streaming: bool = False
+    streaming: bool | None = None
+    """Poe always streams; None rather than False, because langchain-core rebuilds a model configured with
+    `configurable_fields` passing every field, and an explicit False would make `astream()` one final chunk."""
 
     model_config = ConfigDict(populate_by_name=True)
 

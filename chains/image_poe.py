@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlparse
 
 import fastapi_poe as fp
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
@@ -17,6 +18,8 @@ from chains.secrets import redact
 from chains.sync_bridge import run_sync
 
 DEFAULT_IMAGE_BOT: Final = "FLUX-schnell"
+POE_IMAGE_HOSTS: Final = ("poe.com", "poecdn.net", "quora.com", "quoracdn.net")
+"""Where Poe's image bots put their pictures; a picture anywhere else is not fetched or shown."""
 _MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\((\S+?)(?:\s+\"[^\"]*\")?\)")
 _ASPECT_RATIO = re.compile(r"^\d{1,2}:\d{1,2}$")
 
@@ -70,7 +73,18 @@ class PoeImageGenerator(RunnableSerializable[str, GeneratedImage]):
     max_retries: int = 2
     api_key: SecretStr | None = Field(default_factory=secret_from_env("POE_API_KEY", default=None))
     poe_url: str | None = Field(default_factory=from_env(POE_URL_ENV, default=None))
+    allowed_hosts: tuple[str, ...] = POE_IMAGE_HOSTS
+    """Hosts (and their subdomains) a picture may come from, besides the platform at `poe_url`."""
     name: str | None = "PoeImageGenerator"
+
+    def _expected_place(self, url: str) -> bool:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname:
+            return False
+        if self.poe_url and parsed.netloc == urlparse(self.poe_url).netloc:
+            return True
+        host = parsed.hostname.lower()
+        return parsed.scheme == "https" and any(host == h or host.endswith("." + h) for h in self.allowed_hosts)
 
     @property
     def lc_secrets(self) -> dict[str, str]:
@@ -92,6 +106,7 @@ class PoeImageGenerator(RunnableSerializable[str, GeneratedImage]):
 
     async def _draw(self, call: _ImageCall) -> GeneratedImage:
         text = ""
+        unexpected = 0
         async for message in stream_bot(
             call.request,
             self.bot_name,
@@ -103,6 +118,9 @@ class PoeImageGenerator(RunnableSerializable[str, GeneratedImage]):
         ):
             attachment = message.attachment
             if attachment is not None and attachment.content_type.startswith("image/"):
+                if not self._expected_place(attachment.url):
+                    unexpected += 1
+                    continue
                 return GeneratedImage(
                     url=attachment.url,
                     content_type=attachment.content_type,
@@ -112,10 +130,18 @@ class PoeImageGenerator(RunnableSerializable[str, GeneratedImage]):
                 )
             if not isinstance(message, fp.MetaResponse) and not message.is_suggested_reply:
                 text = message.text if message.is_replace_response else text + message.text
-        if match := _MARKDOWN_IMAGE.search(text):
+        for match in _MARKDOWN_IMAGE.finditer(text):
             url = match.group(1)
+            if not self._expected_place(url):
+                unexpected += 1
+                continue
             name = url.rsplit("/", 1)[-1] or "image"
             return GeneratedImage(url=url, name=name, bot_name=self.bot_name, prompt=call.prompt)
+        if unexpected:
+            raise PoeNoImage(
+                f"image bot {self.bot_name} sent a picture from an unexpected place; it was not fetched",
+                bot_name=self.bot_name,
+            )
         said = redact(" ".join(text.split()), (call.api_key,))[:200] or "nothing"
         raise PoeNoImage(f"image bot {self.bot_name} sent no picture (it said: {said})", bot_name=self.bot_name)
 

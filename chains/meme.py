@@ -215,6 +215,10 @@ class CaptionOverlay(RunnableSerializable[MemeStep, MemeStep]):
             yield self.invoke(step, config)
 
 
+async def _aprompt_inputs(request: dict[str, Any] | str) -> dict[str, str]:
+    return prompt_inputs(request)
+
+
 def _alternatives(options: Mapping[str, Runnable[Any, Any]] | None) -> dict[str, Any]:
     return dict(options or {})
 
@@ -287,22 +291,26 @@ def build_meme_chain(
         api_key=api_key,
         chat_models=chat_models,
     )
+    # With a fallback, the image step as a whole still keeps to image_timeout_s: the first bot gets most of it.
+    first_share = 0.65 if fallback_image_bot else 1.0
     painter = PoeImageGenerator(
-        bot_name=image_bot, timeout=image_timeout_s, max_retries=max_retries, poe_url=poe_url, **keys
+        bot_name=image_bot, timeout=image_timeout_s * first_share, max_retries=max_retries, poe_url=poe_url, **keys
     )
     image: RunnableSerializable[str, GeneratedImage] = painter.configurable_fields(
         bot_name=ConfigurableField(id="image_bot", name="Image bot", description="Poe bot that draws the picture"),
         aspect_ratio=ConfigurableField(id="aspect_ratio", name="Aspect ratio"),
     )
     if fallback_image_bot:
-        fallback = painter.model_copy(update={"bot_name": fallback_image_bot}).configurable_fields(
+        rest = image_timeout_s * (1 - first_share)
+        fallback = painter.model_copy(update={"bot_name": fallback_image_bot, "timeout": rest}).configurable_fields(
             aspect_ratio=ConfigurableField(id="aspect_ratio", name="Aspect ratio")
         )
         image = image.with_fallbacks([fallback])
     image = image.configurable_alternatives(
         ConfigurableField(id="image_step", name="Image step"), default_key="poe", **_alternatives(image_steps)
     )
-    inputs = RunnableLambda(prompt_inputs, name="MemeRequest")
+    # The async twin keeps LangChain from running this sync function in a worker thread on every astream().
+    inputs = RunnableLambda(prompt_inputs, afunc=_aprompt_inputs, name="MemeRequest")
     return RunnableSequence(
         inputs,
         prompt,

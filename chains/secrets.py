@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 _KEY_ENV_VARS: Final = ("POE_ACCESS_KEY", "POE_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
@@ -25,29 +25,31 @@ def secrets_from_env() -> tuple[str, ...]:
     return tuple(v for name in _KEY_ENV_VARS if (v := os.environ.get(name)))
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that masks the given keys in every record's final message."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = tuple(s for s in secrets if s)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message, self.secrets)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secrets)
-            record.exc_info = None
-        return True
+_log_secrets: set[str] = set()
+_base_record_factory: Callable[..., logging.LogRecord] | None = None
 
 
-def install_log_redaction(extra: Iterable[str] = ()) -> RedactingFilter:
-    """Mask this process's keys in every log line, whichever handler writes it."""
-    redacting = RedactingFilter((*secrets_from_env(), *extra))
-    root = logging.getLogger()
-    for handler in root.handlers:
-        handler.addFilter(redacting)
-    root.addFilter(redacting)
-    return redacting
+def _redacting_record_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+    assert _base_record_factory is not None
+    record = _base_record_factory(*args, **kwargs)
+    message = record.getMessage()
+    cleaned = redact(message, _log_secrets)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+    if record.exc_info and record.exc_info[1] is not None:
+        # Formatters use a ready exc_text as it is: make it the redacted traceback.
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info), _log_secrets)
+    return record
+
+
+def install_log_redaction(extra: Iterable[str] = ()) -> None:
+    """Mask this process's keys in every log record, whichever logger makes it and whichever handler writes it.
+
+    A record factory sees every record as it is made (libraries log URLs that carry keys: Poe's settings sync
+    puts the access key in the path), so no handler added later can miss it.
+    """
+    global _base_record_factory
+    _log_secrets.update(s for s in (*secrets_from_env(), *extra) if s and len(s) >= _MIN_SECRET_LENGTH)
+    if _base_record_factory is None:
+        _base_record_factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_redacting_record_factory)

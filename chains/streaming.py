@@ -53,7 +53,13 @@ async def in_background(
                     raise TimeoutError
                 wait = remaining if wait is None else min(wait, remaining)
             try:
-                item = await asyncio.wait_for(queue.get(), wait)
+                # A ready item needs no waiting; otherwise asyncio.timeout, which unlike wait_for does not wrap
+                # every get() in a task of its own.
+                if not queue.empty():
+                    item = queue.get_nowait()
+                else:
+                    async with asyncio.timeout(wait):
+                        item = await queue.get()
             except TimeoutError:
                 if deadline is not None and loop.time() >= deadline:
                     raise

@@ -40,13 +40,15 @@ async def test_the_first_event_is_immediate_and_progress_replaces_itself(
     bot_url: str, access_key: str, local_poe: LocalPoeServer
 ) -> None:
     local_poe.platform.set_knobs(
-        KnobSet(default=BotKnobs(first_token_delay_s=0.2, tokens_per_second=80, image_delay_s=1.6))
+        KnobSet(default=BotKnobs(first_token_delay_s=0.2, tokens_per_second=30, image_delay_s=2.2))
     )
     reply = await PoeConversation(bot_url, access_key).send("cats vs keyboards")
     texts = [data.get("text", "") for name, data in reply.events if name in ("text", "replace_response")]
     assert "Writing" in texts[0]
     assert any("Drawing with FLUX-schnell" in t and "1s" in t for t in texts)
     assert all(name != "text" for name, _ in reply.events[2:])  # everything after the first event replaces
+    quotes_while_drawing = {t.split("\n\n_")[0] for t in texts if "Drawing with" in t}
+    assert len(quotes_while_drawing) >= 2  # the picture was being drawn while the quote still streamed
     final = texts[-1]
     assert "Drawing" not in final and "Writing" not in final
 
