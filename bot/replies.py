@@ -51,6 +51,8 @@ def explain(error: BaseException) -> tuple[str, bool]:
         return f"{bot} answered without a picture. Please try again, or pick another image bot.", True
     if isinstance(error, PoeError):
         return f"{bot} ran into a problem. Please try again in a moment.", True
+    if isinstance(error, TimeoutError):
+        return "Making your meme took too long. Please try again.", True
     if isinstance(error, OutputParserException):
         return "The writer bot's answer could not be turned into a meme. Please try again.", True
     return "Something went wrong while making your meme. Please try again.", True

@@ -108,6 +108,17 @@ async def _tracking(
         yield item
 
 
+def _joined_text(first: fp.PartialResponse, then: fp.PartialResponse) -> fp.PartialResponse | None:
+    """Two text events as one, when both are plain text (the first may replace what came before)."""
+    plain_types = (type(first) is fp.PartialResponse) and (type(then) is fp.PartialResponse)
+    if not plain_types or then.is_replace_response:
+        return None
+    for message in (first, then):
+        if message.attachment or message.is_suggested_reply or message.data is not None:
+            return None
+    return fp.PartialResponse(text=first.text + then.text, is_replace_response=first.is_replace_response)
+
+
 def _close_left_open(responses: list[httpx.Response]) -> None:
     # Closing the response before its task is cancelled: httpx's own cleanup, run inside a cancelled task
     # under anyio, can be cut short and leave the socket open, the upstream bot streaming to nobody. A fresh,
@@ -226,6 +237,7 @@ async def _stream_once(
         deadline=deadline,
         name=f"poe:{bot_name}",
         on_exit=lambda: _close_left_open(opened),
+        merge=_joined_text,
     ):
         assert isinstance(item, fp.PartialResponse)
         yield item

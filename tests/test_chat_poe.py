@@ -12,7 +12,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from chains import ChatPoe, PoeAuthError, PoeBotError, PoeRateLimited, PoeTimeout
+from chains import ChatPoe, MemeDraftParser, PoeAuthError, PoeBotError, PoeRateLimited, PoeTimeout
 from chains.poe_client import POE_REQUEST_KEY
 from localpoe import BotKnobs, FaultKind, KnobSet, LocalPoeServer
 from tests.conftest import USER_API_KEY
@@ -25,7 +25,15 @@ def chat(server: LocalPoeServer, **kwargs: Any) -> ChatPoe:
     return ChatPoe(**params)
 
 
-async def test_streams_tokens_as_separate_chunks(local_poe: LocalPoeServer) -> None:
+@pytest.fixture
+def paced(local_poe: LocalPoeServer) -> LocalPoeServer:
+    """The platform sending tokens as a model does, a few milliseconds apart."""
+    local_poe.platform.set_knobs(KnobSet(default=BotKnobs(tokens_per_second=200)))
+    return local_poe
+
+
+async def test_streams_tokens_as_separate_chunks(paced: LocalPoeServer) -> None:
+    local_poe = paced
     chunks = [chunk async for chunk in chat(local_poe).astream(MEME_PROMPT)]
     texts = [c.content for c in chunks if c.content]
     assert len(texts) > 3
@@ -43,8 +51,8 @@ async def test_invoke_and_batch(local_poe: LocalPoeServer) -> None:
     assert local_poe.platform.stats()["bots"]["GPT-4o-Mini"]["completed"] == 3
 
 
-def test_sync_invoke_and_stream(local_poe: LocalPoeServer) -> None:
-    model = chat(local_poe)
+def test_sync_invoke_and_stream(paced: LocalPoeServer) -> None:
+    model = chat(paced)
     assert "quote" in str(model.invoke(MEME_PROMPT).content)
     assert len([c for c in model.stream(MEME_PROMPT) if c.content]) > 3
 
@@ -143,7 +151,18 @@ async def test_stall_is_cut_by_the_timeout(local_poe: LocalPoeServer) -> None:
     assert loop.time() - start < 5
 
 
-async def test_callbacks_see_every_token(local_poe: LocalPoeServer) -> None:
+async def test_text_that_arrives_together_comes_out_as_one_chunk(local_poe: LocalPoeServer) -> None:
+    # An instant bot sends its whole answer at once: LangChain pays per chunk, so it gets few large ones.
+    chunks = [chunk async for chunk in chat(local_poe).astream(MEME_PROMPT)]
+    text = "".join(str(c.content) for c in chunks)
+    sent = local_poe.platform.requests("GPT-4o-Mini")[-1]
+    assert MemeDraftParser().parse(text).quote
+    assert len([c for c in chunks if c.content]) < 5 < len(text) // 10
+    assert sent["bot"] == "GPT-4o-Mini"
+
+
+async def test_callbacks_see_every_token(paced: LocalPoeServer) -> None:
+    local_poe = paced
     class Tokens(AsyncCallbackHandler):
         def __init__(self) -> None:
             self.tokens: list[str] = []

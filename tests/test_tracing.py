@@ -100,7 +100,7 @@ async def test_jsonl_trace_holds_the_whole_tree_and_reads_back_as_one(
     assert len(records) == sum(1 for _ in root.walk())
     assert {r["trace_id"] for r in records} == {root.record["id"]}
     llm = next(c for c in root.children if c.name == "ChatPoe").record
-    assert llm["run_type"] == "llm" and llm["bot"] == "GPT-4o-Mini" and llm["tokens"]["chunks"] > 5
+    assert llm["run_type"] == "llm" and llm["bot"] == "GPT-4o-Mini" and llm["tokens"]["chunks"] >= 1
     assert 0 <= llm["tokens"]["first_token_s"] <= llm["duration_s"]
     assert "quote" in llm["outputs"]["text"]
     assert illustrator.children[0].record["bot"] == "DALL-E-3"
