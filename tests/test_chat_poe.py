@@ -163,6 +163,7 @@ async def test_text_that_arrives_together_comes_out_as_one_chunk(local_poe: Loca
 
 async def test_callbacks_see_every_token(paced: LocalPoeServer) -> None:
     local_poe = paced
+
     class Tokens(AsyncCallbackHandler):
         def __init__(self) -> None:
             self.tokens: list[str] = []
