@@ -55,6 +55,19 @@ class PoeEndpoints:
         return cls.from_root(os.environ.get(POE_URL_ENV, "").strip() or None)
 
 
+class OutgoingRequest(fp.QueryRequest):
+    """A query to an upstream bot whose repr is short and keyless.
+
+    fastapi_poe puts `repr(request)` into every message it yields (`full_prompt`): pydantic's repr of a whole
+    conversation costs about 2 ms per reply, and would carry the access key wherever a message is logged.
+    """
+
+    def __repr__(self) -> str:
+        return f"OutgoingRequest(message_id={self.message_id!r}, messages={len(self.query)})"
+
+    __str__ = __repr__
+
+
 def outgoing_request(
     query: list[fp.ProtocolMessage],
     *,
@@ -73,10 +86,11 @@ def outgoing_request(
     served: fp.QueryRequest | None = ensure_config().get("configurable", {}).get(POE_REQUEST_KEY)
     if served is not None:
         update = {**fields, "logit_bias": {}, "tools": None, "tool_calls": None, "tool_results": None}
-        return served.model_copy(update=update), served.access_key
+        # A copy, never a mutation; its fields are already valid, so no second validation.
+        return OutgoingRequest.model_construct(**{**dict(served), **update}), served.access_key
     if api_key is None or not api_key.get_secret_value():
         raise PoeAuthError(f"{caller} needs a Poe API key: pass api_key= or set POE_API_KEY")
-    request = fp.QueryRequest(
+    request = OutgoingRequest(
         version=fp.client.PROTOCOL_VERSION, type="query", user_id="", conversation_id="", message_id="", **fields
     )
     return request, api_key.get_secret_value()
