@@ -214,7 +214,12 @@ class MemeBot(fp.PoeBot):
         return {
             "run_name": "MemeBot",
             "callbacks": tracing_callbacks(self.config.trace_file, secrets=(self.access_key or "",)),
-            "configurable": {POE_REQUEST_KEY: request, "caption_language": ask.language, **choices.configurable()},
+            "configurable": {
+                POE_REQUEST_KEY: request,
+                "caption_language": ask.language,
+                **choices.configurable(),
+                **ask.chain_configurable(),
+            },
             "metadata": {
                 "conversation_id": request.conversation_id,
                 "message_id": request.message_id,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from bot.language import detect_language
 from chains.draft import MemeDraft
+from chains.meme import PREVIOUS_PICTURE_KEY
 from chains.prompts import clean_user_text
 
 MAX_TOPIC_CHARS: Final = 2000
@@ -137,6 +138,13 @@ class MemeAsk:
             request["instruction"] = self.follow_up.instruction
             request["previous_draft"] = self.memory.draft.model_dump_json()
         return request
+
+    def chain_configurable(self) -> dict[str, Any]:
+        """Run-time choices this message implies: keeping the last picture reuses it instead of drawing."""
+        memory, follow_up = self.memory, self.follow_up
+        if follow_up is not None and follow_up.kind == "new_quote" and memory is not None and memory.image_url:
+            return {"image_step": "previous", PREVIOUS_PICTURE_KEY: memory.image_url}
+        return {}
 
     def remember(self, draft: MemeDraft, image_url: str | None) -> str:
         """The metadata to send with the reply."""

@@ -8,11 +8,12 @@ from typing import Any, Final
 from urllib.parse import urlparse
 
 import fastapi_poe as fp
+import httpx
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from chains.errors import PoeNoImage
+from chains.errors import PoeBotError, PoeNoImage
 from chains.poe_client import POE_URL_ENV, PoeEndpoints, outgoing_request, shared_http_client, stream_bot
 from chains.secrets import redact
 from chains.sync_bridge import run_sync
@@ -39,8 +40,15 @@ class GeneratedImage(BaseModel):
     async def aread(self) -> bytes:
         """The picture's bytes, downloaded once through the pooled client."""
         if self.data is None:
-            response = await shared_http_client().get(self.url)
-            response.raise_for_status()
+            try:
+                response = await shared_http_client().get(self.url)
+                response.raise_for_status()
+            except httpx.HTTPError as error:
+                raise PoeBotError(
+                    f"the picture from {self.bot_name or 'the image bot'} could not be downloaded "
+                    f"({type(error).__name__})",
+                    bot_name=self.bot_name,
+                ) from None
             self.data = response.content
             self.content_type = response.headers.get("content-type", self.content_type).split(";")[0]
         return self.data

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chains.caption import OutputFormat, render_meme
 from chains.chat_poe import DEFAULT_TEXT_BOT, ChatPoe
 from chains.draft import MemeDraft, MemeDraftParser, PartialMemeDraft
+from chains.errors import PoeNoImage
 from chains.image_poe import DEFAULT_IMAGE_BOT, GeneratedImage, PoeImageGenerator
 from chains.prompts import PROMPT_VARIANTS, meme_prompt, prompt_inputs
 from chains.sync_bridge import run_sync
@@ -215,6 +216,17 @@ class CaptionOverlay(RunnableSerializable[MemeStep, MemeStep]):
             yield self.invoke(step, config)
 
 
+PREVIOUS_PICTURE_KEY = "previous_picture_url"
+"""`configurable` key: with `image_step="previous"`, the picture to reuse instead of drawing a new one."""
+
+
+def _previous_picture(prompt: str, config: RunnableConfig) -> GeneratedImage:
+    url = config.get("configurable", {}).get(PREVIOUS_PICTURE_KEY)
+    if not url:
+        raise PoeNoImage("there is no previous picture to keep", bot_name="previous meme")
+    return GeneratedImage(url=url, bot_name="previous meme", prompt=prompt)
+
+
 async def _aprompt_inputs(request: dict[str, Any] | str) -> dict[str, str]:
     return prompt_inputs(request)
 
@@ -273,7 +285,8 @@ def build_meme_chain(
 
     Swappable at run time through `with_config(configurable=...)`: `text_bot`, `image_bot`, `aspect_ratio`,
     `caption_overlay`, `prompt_variant` ("v1", "v2"), `chat_model` (any key of `chat_models`, default "poe")
-    and `image_step` (any key of `image_steps`, default "poe").
+    and `image_step` (any key of `image_steps`, default "poe"; "previous" reuses the picture at
+    `configurable["previous_picture_url"]`, to keep a picture and change only its quote).
     """
     parser = MemeDraftParser()
     instructions = parser.get_format_instructions()
@@ -307,7 +320,10 @@ def build_meme_chain(
         )
         image = image.with_fallbacks([fallback])
     image = image.configurable_alternatives(
-        ConfigurableField(id="image_step", name="Image step"), default_key="poe", **_alternatives(image_steps)
+        ConfigurableField(id="image_step", name="Image step"),
+        default_key="poe",
+        previous=RunnableLambda(_previous_picture, name="PreviousPicture"),
+        **_alternatives(image_steps),
     )
     # The async twin keeps LangChain from running this sync function in a worker thread on every astream().
     inputs = RunnableLambda(prompt_inputs, afunc=_aprompt_inputs, name="MemeRequest")

@@ -158,3 +158,14 @@ async def test_a_non_image_attachment_gets_a_clear_message(
     reply = await PoeConversation(bot_url, access_key).send("summarise", attachments=[document])
     assert reply.error is not None and "photo" in reply.error["text"] and "application/pdf" in reply.error["text"]
     assert local_poe.platform.stats()["bots"] == {}
+
+
+async def test_keep_the_picture_reuses_it_without_drawing_again(
+    bot_url: str, access_key: str, local_poe: LocalPoeServer
+) -> None:
+    conversation = PoeConversation(bot_url, access_key)
+    first = await conversation.send("Monday mornings")
+    second = await conversation.send("keep the picture, new quote")
+    assert second.error is None and second.attachments
+    assert local_poe.platform.stats()["bots"]["FLUX-schnell"]["started"] == 1  # drawn once, for the first meme
+    assert json.loads(second.metadata or "{}")["image_url"] == json.loads(first.metadata or "{}")["image_url"]
