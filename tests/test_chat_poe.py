@@ -260,3 +260,29 @@ def test_aimessagechunk_concatenation(local_poe: LocalPoeServer) -> None:
     for chunk in chunks[1:]:
         total = total + chunk
     assert isinstance(total, AIMessageChunk) and "quote" in str(total.content)
+
+
+def test_messages_convert_both_ways_with_attachments() -> None:
+    from fastapi_poe import Attachment, ProtocolMessage
+
+    from chains.messages import from_protocol_messages, to_protocol_messages
+
+    photo = Attachment(url="https://pfst.cf2.poecdn.net/base/image/cat.jpg", content_type="image/jpeg", name="cat.jpg")
+    poe = [
+        ProtocolMessage(role="system", content="be brief"),
+        ProtocolMessage(role="user", content="meme this", attachments=[photo]),
+        ProtocolMessage(role="bot", content="**Monday.**"),
+    ]
+    langchain = from_protocol_messages(poe)
+    assert [m.type for m in langchain] == ["system", "human", "ai"]
+    assert langchain[1].content == [
+        {"type": "text", "text": "meme this"},
+        {"type": "image", "url": photo.url, "mime_type": "image/jpeg"},
+    ]
+    back = to_protocol_messages(langchain)
+    assert [(m.role, m.content) for m in back] == [(m.role, m.content) for m in poe]
+    assert [a.url for a in back[1].attachments] == [photo.url] and back[1].attachments[0].content_type == "image/jpeg"
+    with pytest.raises(ValueError, match="upload"):
+        to_protocol_messages(
+            [HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}])]
+        )
