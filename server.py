@@ -45,8 +45,8 @@ _open_replies: contextvars.ContextVar[list[AsyncGenerator[Reply, None]] | None] 
 
 INTRODUCTION = (
     "Send me any topic — *Monday mornings*, *my cat vs. the keyboard*, *周一早上* — and I'll write a meme "
-    "quote and draw the picture for it.\n\nThen ask for *another one*, *make it darker*, *in Chinese* or "
-    "*different art style*."
+    "quote and draw the picture for it. Or send a photo and I'll caption it.\n\nThen ask for *another one*, "
+    "*make it darker*, *in Chinese* or *different art style*."
 )
 TICK_S = 0.25
 """How often the reply checks for a status to refresh while nothing else happens."""
