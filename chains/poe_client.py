@@ -20,6 +20,7 @@ from langchain_core.runnables import ensure_config
 from pydantic import SecretStr
 
 from chains.errors import PoeAuthError, PoeBotError, PoeError, PoeRateLimited, PoeTimeout
+from chains.reusable_streams import ReusableStreams
 from chains.secrets import redact
 from chains.streaming import in_background
 
@@ -160,9 +161,10 @@ def shared_http_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(120.0, connect=10.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            transport=ReusableStreams(httpx.AsyncHTTPTransport(limits=limits)),
             event_hooks={"response": [_track_response, _raise_for_status]},
         )
         _clients[loop] = client

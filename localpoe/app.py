@@ -88,7 +88,8 @@ def create_app(platform: LocalPoe) -> Starlette:
             return _bad_request("body must be a JSON object")
         kind = body.get("type")
         if kind == "query":
-            return await answer_query(platform, name, body, str(request.base_url))
+            peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+            return await answer_query(platform, name, body, str(request.base_url), peer=peer)
         if kind == "settings":
             bot = platform.get_bot(name)
             if bot is None:

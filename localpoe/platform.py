@@ -197,9 +197,9 @@ class LocalPoe:
         with self._lock:
             self._counters[counter] += by
 
-    def record_query(self, bot: str, body: Mapping[str, Any], *, known: bool) -> None:
-        """Remember a bot query, without its keys."""
-        entry = {"bot": bot, "time": time.time(), "request": strip_secrets(body)}
+    def record_query(self, bot: str, body: Mapping[str, Any], *, known: bool, peer: str = "") -> None:
+        """Remember a bot query, without its keys, and the connection (client address) it came on."""
+        entry = {"bot": bot, "time": time.time(), "peer": peer, "request": strip_secrets(body)}
         with self._lock:
             self._requests.append(entry)
             if not known:

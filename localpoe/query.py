@@ -178,11 +178,13 @@ def sse_response(events: AsyncIterator[ServerSentEvent], ping_s: float) -> Event
     return EventSourceResponse(events, ping=ping_s)
 
 
-async def answer_query(platform: LocalPoe, name: str, body: dict[str, Any], base_url: str) -> Response:
-    """The HTTP response to a `query` request for bot `name`."""
+async def answer_query(
+    platform: LocalPoe, name: str, body: dict[str, Any], base_url: str, *, peer: str = ""
+) -> Response:
+    """The HTTP response to a `query` request for bot `name` (`peer`: the caller's address, to see reuse)."""
     started = time.monotonic()
     bot = platform.get_bot(name)
-    platform.record_query(bot.name if bot else name, body, known=bot is not None)
+    platform.record_query(bot.name if bot else name, body, known=bot is not None, peer=peer)
     if bot is None:
         logger.info("query for unknown bot %r", name)
         return sse_response(_unknown_bot_stream(name), platform.ping_s)

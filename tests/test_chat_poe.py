@@ -286,3 +286,12 @@ def test_messages_convert_both_ways_with_attachments() -> None:
         to_protocol_messages(
             [HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}])]
         )
+
+
+async def test_calls_reuse_one_connection(local_poe: LocalPoeServer) -> None:
+    # fastapi_poe stops reading at `done`; the rest of the body is read on close so the connection stays alive.
+    model = chat(local_poe)
+    for _ in range(3):
+        await model.ainvoke(MEME_PROMPT)
+    peers = {r["peer"] for r in local_poe.platform.requests("GPT-4o-Mini")}
+    assert len(peers) == 1 and next(iter(peers))
